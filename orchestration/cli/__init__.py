@@ -1,0 +1,17 @@
+"""The `genops` command line. Each command group lives in its own module and is added here.
+
+Heavy libraries (torch, ray, dagster, mlflow) are imported inside the commands, so `genops --help`
+answers at once.
+"""
+
+import typer
+
+from orchestration.cli import data
+
+app = typer.Typer(
+    name="genops",
+    help="genops: data, training, evaluation and export for ParaDiffusion, MiniGPT-5 and VLAD.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(data.app, name="data")
