@@ -138,7 +138,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        value_hint = args[1] if len(args) == 2 else Any
+        return {k: _coerce(value_hint, v, f"{where}.{k}") for k, v in value.items()}
     if hint is Any:
         return value
     if hint is bool:

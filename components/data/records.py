@@ -107,3 +107,81 @@ class ReadFailure:
 
 
 Record = Union[CaptionImagePair, Story, TextRichImage, PromptRecord]
+
+
+_TYPES = {cls.kind: cls for cls in (CaptionImagePair, Story, TextRichImage, PromptRecord, ReadFailure)}
+
+
+def record_to_json(record: Record | ReadFailure, root: Path | None = None) -> dict[str, Any]:
+    """JSON-safe dict of a record; with `root`, file paths are written relative to it (portable)."""
+
+    def path(p: Path | None) -> str | None:
+        if p is None:
+            return None
+        if root is not None:
+            try:
+                return Path(p).relative_to(root).as_posix()
+            except ValueError:
+                return str(p)
+        return str(p)
+
+    out: dict[str, Any] = {"kind": record.kind}
+    for name in record.__dataclass_fields__:
+        value = getattr(record, name)
+        if name in ("image_path", "charseg_path"):
+            value = path(value)
+        elif name == "steps":
+            value = [{"text": s.text, "image_path": path(s.image_path), "groundtruth": s.groundtruth} for s in value]
+        elif name == "words":
+            value = [{"text": w.text, "quad": list(w.quad), "confidence": w.confidence} for w in value]
+        elif name == "quoted_words":
+            value = list(value)
+        out[name] = value
+    return out
+
+
+def record_from_json(data: dict[str, Any], root: Path | None = None) -> Record | ReadFailure:
+    """Inverse of `record_to_json`; relative paths are resolved against `root`."""
+
+    def path(p: str | None) -> Path | None:
+        if p is None:
+            return None
+        return (root / p) if root is not None and not Path(p).is_absolute() else Path(p)
+
+    fields = dict(data)
+    kind = fields.pop("kind")
+    if kind not in _TYPES:
+        raise ValueError(f"unknown record kind {kind!r}; known kinds: {sorted(_TYPES)}")
+    for name in ("image_path", "charseg_path"):
+        if name in fields:
+            fields[name] = path(fields[name])
+    if "steps" in fields:
+        fields["steps"] = tuple(
+            StoryStep(text=s["text"], image_path=path(s["image_path"]), groundtruth=s.get("groundtruth"))
+            for s in fields["steps"]
+        )
+    if "words" in fields:
+        fields["words"] = tuple(WordBox(w["text"], tuple(w["quad"]), w.get("confidence", 1.0)) for w in fields["words"])
+    if "quoted_words" in fields:
+        fields["quoted_words"] = tuple(fields["quoted_words"])
+    return _TYPES[kind](**fields)
+
+
+def image_paths(record: Record) -> list[Path]:
+    """Every image file a record refers to, in order."""
+    if isinstance(record, (CaptionImagePair, TextRichImage)):
+        return [record.image_path]
+    if isinstance(record, Story):
+        return [s.image_path for s in record.steps if s.image_path is not None]
+    return []
+
+
+def record_text(record: Record) -> str:
+    """All the text of a record, as captions statistics and the tokenizer see it."""
+    if isinstance(record, (CaptionImagePair, TextRichImage)):
+        return record.caption
+    if isinstance(record, Story):
+        return " ".join(s.text for s in record.steps)
+    if isinstance(record, PromptRecord):
+        return record.prompt
+    raise TypeError(f"not a record: {record!r}")
