@@ -22,27 +22,51 @@ class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass."""
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build `cls` from the YAML file at `path` (values only) and `key=value` overrides.
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> T:
+    """Build `cls` from `base` values, then the YAML file at `path` (values only), then `key=value` overrides.
 
     Dotted keys reach into nested dataclasses: `train.lr=1e-4`. Override values are parsed as YAML
     scalars, so `steps=10`, `use_ema=false` and `betas=[0.9,0.99]` all do what they say.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(loaded).__name__}")
-        values = loaded
+    values = merge_values(dict(base or {}), load_values(path)) if path is not None else dict(base or {})
+    apply_overrides(values, overrides)
+    return from_dict(cls, values, where=str(path) if path else "overrides")
+
+
+def load_values(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (an empty file is an empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def merge_values(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `update` into `base` (nested mappings merge, everything else is replaced)."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge_values(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `key=value` overrides (dotted keys, YAML-parsed values) to a values mapping in place."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return from_dict(cls, values, where=str(path) if path else "overrides")
+    return values
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:

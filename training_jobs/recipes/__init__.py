@@ -1,0 +1,1 @@
+"""One recipe per (model, stage): setup / train / save / cleanup written out, run by the launcher."""

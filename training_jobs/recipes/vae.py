@@ -1,0 +1,178 @@
+"""Recipe: the shared latent autoencoder (`vae`), a diffusers AutoencoderKL trained on every prepared image.
+
+    genops train vae --profile demo [train.steps=600 ...]
+
+Loss: per-pixel reconstruction + KL (latent diffusion, Rombach et al. 2022, Sec. 3). After training,
+the latent scaling factor is measured on training images (1 / std of the latents) and stored in the
+exported config, so every diffusion model in the project sees unit-variance latents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from components.config import from_dict
+from components.data.training_data import collate_pairs, image_grid, pair_decoder
+from components.models.autoencoder import (
+    AutoencoderConfig,
+    AutoencoderWithLoss,
+    build_autoencoder,
+    compute_scaling_factor,
+    save_autoencoder,
+    set_scaling_factor,
+)
+from training_jobs.data_loading import batch_stream, first_samples, shard_paths
+from training_jobs.launcher import RunSection, ScalingSection
+from training_jobs.loop import (
+    ExponentialMovingAverage,
+    MetricWindow,
+    TrainConfig,
+    TrainState,
+    autocast,
+    build_lr_scheduler,
+    build_optimizer,
+    micro_batch_sync,
+    optimizer_step,
+    seed_everything,
+    unwrap,
+)
+from training_jobs.tracking import TrackingConfig
+from training_jobs.worker import prepare_model, report, resume_checkpoint, worker_context
+
+MODEL_CONFIG = "vae"
+
+
+@dataclass
+class DataSection:
+    prepared_root: str = "data/prepared"
+    """Root of the prepared datasets (DVC outputs)."""
+    datasets: list[str] = field(default_factory=lambda: ["laion_short", "paraimage_big", "cc3m"])
+    """Prepared caption-image datasets whose images the autoencoder trains on."""
+    scaling_images: int = 256
+    """Training images used to measure the latent scaling factor."""
+    grid_images: int = 8
+    """Validation images shown (original over reconstruction) in the sample grid."""
+
+
+@dataclass
+class Config:
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    """Autoencoder architecture and loss weights."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Shared training-loop settings."""
+    data: DataSection = field(default_factory=DataSection)
+    """Which prepared datasets feed the job."""
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    """Ray Train workers and resources."""
+    run: RunSection = field(default_factory=RunSection)
+    """Run name (resume key) and storage."""
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="genops-base-models", registered_model="genops-vae"))
+    """MLflow experiment, registry name and lineage."""
+
+
+def datasets(cfg: Config) -> list[str]:
+    return list(cfg.data.datasets)
+
+
+def pyfunc_model():
+    from training_jobs.pyfunc_models import AutoencoderModel
+
+    return AutoencoderModel()
+
+
+def train(config: dict) -> None:
+    cfg = from_dict(Config, config)
+    ctx = worker_context(cfg.tracking, cfg.run.storage_path, cfg.run.name)
+
+    # setup: identical initial weights on every rank, then rank-specific data order and noise
+    seed_everything(cfg.train.seed)
+    vae = build_autoencoder(cfg.model)
+    if cfg.train.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    model = prepare_model(AutoencoderWithLoss(vae, cfg.model))
+    optimizer = build_optimizer(model.parameters(), cfg.train)
+    scheduler = build_lr_scheduler(optimizer, cfg.train)
+    ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    start = 0
+    with resume_checkpoint() as checkpoint:
+        if checkpoint is not None:
+            start = TrainState.load(checkpoint, model, optimizer, scheduler, ema)
+    seed_everything(cfg.train.seed + 1000 * ctx.rank + start)
+    root = Path(cfg.data.prepared_root)
+    decode = pair_decoder(cfg.model.sample_size)
+    train_shards = shard_paths(root, cfg.data.datasets, "train")
+    batches = batch_stream(train_shards, decode, collate_pairs, cfg.train.batch_size, seed=cfg.train.seed + start,
+                           rank=ctx.rank, world_size=ctx.world_size, workers=cfg.train.dataloader_workers)
+    val_pixels = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode,
+                                             cfg.data.grid_images))["pixels"].to(ctx.device)
+
+    def save(path: Path, step: int, scaling_factor: float | None = None) -> None:
+        TrainState.save(path, step, model, optimizer, scheduler, ema)
+        if scaling_factor is not None:
+            final = build_autoencoder(cfg.model)
+            final.load_state_dict(_weights(model, ema))
+            set_scaling_factor(final, scaling_factor)
+            save_autoencoder(final, path / "export")
+
+    # train
+    window = MetricWindow(cfg.train.batch_size * cfg.train.grad_accum_steps * ctx.world_size)
+    for step in range(start, cfg.train.steps):
+        model.train()
+        for micro in range(cfg.train.grad_accum_steps):
+            pixels = next(batches)["pixels"].to(ctx.device)  # (B, 3, H, W)
+            with micro_batch_sync(model, micro == cfg.train.grad_accum_steps - 1), autocast(cfg.train, ctx.device):
+                losses = model(pixels)
+            (losses["loss"] / cfg.train.grad_accum_steps).backward()
+            window.add(losses, 1 / cfg.train.grad_accum_steps)
+        grad_norm = optimizer_step(model, optimizer, scheduler, ema, cfg.train)
+        window.end_step()
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            ctx.log.metrics({**window.flush(), "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, done)
+        if cfg.train.sample_every and done % cfg.train.sample_every == 0 and ctx.is_main:
+            _log_reconstructions(model, ema, val_pixels, ctx, done)
+        if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
+            report(ctx, {"step": done}, lambda path: save(path, done))
+
+    # save: measure the latent scaling factor and validation error with the final (EMA) weights, export
+    final_metrics: dict[str, float] = {"step": cfg.train.steps}
+    scaling_factor = None
+    if ctx.is_main:
+        final = build_autoencoder(cfg.model).to(ctx.device).eval()
+        final.load_state_dict(_weights(model, ema))
+        scaling_batches = batch_stream(train_shards, decode, collate_pairs, cfg.train.batch_size, seed=cfg.train.seed)
+        with torch.no_grad():
+            scaling_factor = compute_scaling_factor(
+                final, (next(scaling_batches)["pixels"].to(ctx.device) for _ in itertools.count()),
+                max_images=cfg.data.scaling_images, generator=torch.Generator(ctx.device).manual_seed(0),
+            )
+            val = AutoencoderWithLoss(final, cfg.model)(val_pixels, generator=torch.Generator(ctx.device).manual_seed(0))
+        final_metrics.update({"val/reconstruction": float(val["reconstruction"]), "scaling_factor": scaling_factor})
+        ctx.log.metrics(final_metrics, cfg.train.steps)
+        _log_reconstructions(model, ema, val_pixels, ctx, cfg.train.steps)
+    report(ctx, final_metrics, lambda path: save(path, cfg.train.steps, scaling_factor))
+
+
+def _weights(model, ema: ExponentialMovingAverage | None) -> dict[str, torch.Tensor]:
+    """The autoencoder's weights to export: the EMA ones when there is an EMA."""
+    weights = {k.removeprefix("vae."): v for k, v in unwrap(model).state_dict().items()}
+    if ema is not None:
+        weights.update({k.removeprefix("vae."): v for k, v in ema.shadow.items()})
+    return weights
+
+
+@torch.no_grad()
+def _log_reconstructions(model, ema, pixels: torch.Tensor, ctx, step: int) -> None:
+    """Originals (top row) over reconstructions (bottom row), with the EMA weights."""
+    context = ema.applied(model) if ema is not None else contextlib.nullcontext(unwrap(model))
+    with context as module:
+        module.eval()
+        reconstructed = module.vae.decode(module.vae.encode(pixels).latent_dist.mode()).sample
+        module.train()
+    grid = image_grid(torch.cat([pixels, reconstructed.clamp(-1, 1)]), columns=pixels.shape[0])
+    ctx.log.image(grid, f"samples/reconstructions_step{step:06d}.png")
