@@ -117,5 +117,7 @@ def single_file(src: Path, suffix: str, expected: str) -> Path:
     found = sorted(p for p in src.iterdir() if p.is_file() and p.name.endswith(suffix))
     if len(found) != 1:
         listed = ", ".join(p.name for p in found) or "none"
-        raise FileNotFoundError(f"{src} must hold exactly one *{suffix} file ({expected}); found: {listed}")
+        raise FileNotFoundError(
+            f"{src} must hold exactly one *{suffix} file, found: {listed}; expected {expected}"
+        )
     return found[0]

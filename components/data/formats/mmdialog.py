@@ -64,7 +64,7 @@ def _conversation(path: Path, line: str, groundtruth: GroundTruth, ref: str) -> 
     except json.JSONDecodeError as exc:
         return ReadFailure(
             ref=ref,
-            reason=f"line is not valid JSON (truncated?): {exc.msg} at column {exc.colno}",
+            reason=f"line is not valid JSON (truncated?): {exc.msg} (column {exc.colno})",
             raw=printable(line),
         )
     if (
