@@ -179,7 +179,8 @@ def short_caption(scene: Scene, rng: random.Random) -> str:
     """A LAION-like short caption of about 8-12 words (ParaDiffusion stage 1, the SD base model).
 
     One object: 'a small red circle at the top left on a gray background'. Two objects: both
-    objects and their places, the background only when it still fits in 14 words.
+    objects and their places (sizes dropped beyond 14 words, so at most 15), the background only
+    when it still fits in 14 words.
     """
     bg = scene.background
     if len(scene.objects) == 1:
@@ -196,8 +197,11 @@ def short_caption(scene: Scene, rng: random.Random) -> str:
         return template.format(
             a=phrase, where=WHERE[obj.position], bg=bg, bg_a=article(bg), bg_a_cap=capitalise(article(bg))
         ).lower()
-    parts = [f"{noun_phrase(o, size=rng.random() < 0.5)} {WHERE[o.position]}" for o in scene.objects]
-    caption = join_list(parts)
+    caption = join_list(
+        [f"{noun_phrase(o, size=rng.random() < 0.5)} {WHERE[o.position]}" for o in scene.objects]
+    )
+    if word_count(caption) > 14:
+        caption = join_list([f"{noun_phrase(o, size=False)} {WHERE[o.position]}" for o in scene.objects])
     with_background = f"{caption} on {article(bg)} {bg} background"
     return with_background if word_count(with_background) <= 14 else caption
 
