@@ -13,9 +13,9 @@ its tokenizer and `preprocessor_config.json`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,9 @@ class ClipEmbedder:
         out = []
         for start in range(0, len(images), batch_size):
             chunk = [load_rgb(im) for im in images[start : start + batch_size]]
-            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device)  # (B, 3, h, w)
+            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(
+                self.device
+            )  # (B, 3, h, w)
             emb = self.model.get_image_features(pixel_values=pixels).pooler_output  # (B, D)
             out.append(F.normalize(emb.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.projection_dim)

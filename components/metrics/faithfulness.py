@@ -22,8 +22,8 @@ are the fractions of named objects judged present, as the rows of ParaDiffusion'
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -68,7 +68,9 @@ class DetectorConfig:
     """Supersampling of the shape templates rendered for analysis by synthesis."""
 
 
-def _mixture_labels(rgb: np.ndarray, background: np.ndarray, max_distance: float) -> tuple[np.ndarray, np.ndarray]:
+def _mixture_labels(
+    rgb: np.ndarray, background: np.ndarray, max_distance: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Label each pixel as background (-1), unexplained (-2) or palette colour i; also its coverage alpha.
 
     A pixel p is modelled as alpha c + (1 - alpha) b on the segment from the background b to a
@@ -97,7 +99,9 @@ def estimate_background(rgb: np.ndarray) -> str:
     return list(BACKGROUNDS)[int(counts.argmax())]
 
 
-def _render_alpha(shape: str, cx: float, cy: float, r: float, height: int, width: int, supersample: int) -> np.ndarray:
+def _render_alpha(
+    shape: str, cx: float, cy: float, r: float, height: int, width: int, supersample: int
+) -> np.ndarray:
     """Coverage (0..1) of one shape drawn in a height x width pixel patch; centre and r in pixels."""
     big = Image.new("L", (width * supersample, height * supersample), 0)
     draw_shape(ImageDraw.Draw(big), shape, cx * supersample, cy * supersample, r * supersample, 255)
@@ -132,12 +136,14 @@ def detect_scene(image: ImageLike, config: DetectorConfig = DetectorConfig()) ->
     height, width = rgb.shape[:2]
     side = float(max(height, width))
     background = estimate_background(rgb)
-    labels, alpha = _mixture_labels(rgb, np.array(BACKGROUNDS[background], dtype=np.float32), config.max_colour_distance)
+    labels, alpha = _mixture_labels(
+        rgb, np.array(BACKGROUNDS[background], dtype=np.float32), config.max_colour_distance
+    )
     min_area = config.min_area_fraction * _SMALLEST_AREA * height * width
     colour_names = list(COLOURS)
     objects = []
     for k, colour in enumerate(colour_names):
-        regions, n = ndimage.label(labels == k, structure=np.ones((3, 3), dtype=bool))
+        regions, _ = ndimage.label(labels == k, structure=np.ones((3, 3), dtype=bool))
         for index, box in enumerate(ndimage.find_objects(regions), start=1):
             region = regions[box] == index
             if region.sum() < min_area:
@@ -179,7 +185,7 @@ class NamedObject:
     position: str | None = None
 
     @classmethod
-    def from_scene_object(cls, obj: SceneObject) -> "NamedObject":
+    def from_scene_object(cls, obj: SceneObject) -> NamedObject:
         return cls(shape=obj.shape, colour=obj.colour, size=obj.size, position=obj.position)
 
 
@@ -187,11 +193,15 @@ def _alternation(words: Iterable[str]) -> str:
     return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
-_OBJECT_RE = re.compile(rf"\b(?:({_alternation(SIZES)})\s+)?({_alternation(COLOURS)})\s+({_alternation(SHAPES)})s?\b")
+_OBJECT_RE = re.compile(
+    rf"\b(?:({_alternation(SIZES)})\s+)?({_alternation(COLOURS)})\s+({_alternation(SHAPES)})s?\b"
+)
 _CUE_RE = re.compile(r"\b(top|bottom|left|right|center|centre|middle)\b")
 # "left of the square", "further right than": relations between objects, not grid cells (but "the
 # top right of the image" is a cell).
-_RELATION_AFTER = re.compile(r"\s+(?:than\b|of\s+(?!(?:the\s+)?(?:image|picture|frame|canvas|scene|photo)\b))")
+_RELATION_AFTER = re.compile(
+    r"\s+(?:than\b|of\s+(?!(?:the\s+)?(?:image|picture|frame|canvas|scene|photo)\b))"
+)
 # "right in the middle", "right at the top": the adverb (but "the right", "bottom right on a ...").
 _ADVERB_AFTER = re.compile(r"\s+(?:in|at|on|next|by|there|here|away)\b")
 _DIRECTION_BEFORE = re.compile(r"\b(?:the|top|bottom)\s+$")
@@ -243,13 +253,17 @@ def parse_prompt_objects(prompt: str) -> list[NamedObject]:
             position = position_in(sentence[m.end() : tail_end])
             if position is None and i == 0:
                 position = position_in(sentence[: m.start()])
-            mentions.append(NamedObject(shape=m.group(3), colour=m.group(2), size=m.group(1), position=position))
+            mentions.append(
+                NamedObject(shape=m.group(3), colour=m.group(2), size=m.group(1), position=position)
+            )
     placed = {(n.shape, n.colour) for n in mentions if n.position is not None}
     named: list[NamedObject] = []
     for n in mentions:
         if n.position is None and (n.shape, n.colour) in placed:
             continue
-        if n.size is None and any(o.size and (o.shape, o.colour, o.position) == (n.shape, n.colour, n.position) for o in mentions):
+        if n.size is None and any(
+            o.size and (o.shape, o.colour, o.position) == (n.shape, n.colour, n.position) for o in mentions
+        ):
             continue
         if n not in named:
             named.append(n)
@@ -269,10 +283,15 @@ class ObjectJudgement:
 
 def _in_cell(obj: SceneObject, position: str, margin: float) -> bool:
     col, row = POSITIONS[position]
-    return col / 3 - margin <= obj.x <= (col + 1) / 3 + margin and row / 3 - margin <= obj.y <= (row + 1) / 3 + margin
+    return (
+        col / 3 - margin <= obj.x <= (col + 1) / 3 + margin
+        and row / 3 - margin <= obj.y <= (row + 1) / 3 + margin
+    )
 
 
-def judge(named: Iterable[NamedObject], detected: Scene, location_margin: float = 0.05) -> list[ObjectJudgement]:
+def judge(
+    named: Iterable[NamedObject], detected: Scene, location_margin: float = 0.05
+) -> list[ObjectJudgement]:
     """Judge each named object against a detected (or ground-truth) scene.
 
     `location_margin` widens the named grid cell by that fraction of the side on every edge, so an
@@ -319,7 +338,9 @@ def aggregate(judgements: Sequence[Sequence[ObjectJudgement]]) -> FaithfulnessMe
     """Pool per-image judgements into precisions over all named objects."""
     flat = [j for per_image in judgements for j in per_image]
     if not flat:
-        raise ValueError("no named objects to judge: the prompts name no '<colour> <shape>' of the scene vocabulary")
+        raise ValueError(
+            "no named objects to judge: the prompts name no '<colour> <shape>' of the scene vocabulary"
+        )
     located = [j.location for j in flat if j.location is not None]
     return FaithfulnessMetrics(
         object_precision=float(np.mean([j.object for j in flat])),

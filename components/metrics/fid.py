@@ -20,9 +20,10 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -71,14 +72,18 @@ class InceptionExtractor:
         self.name = self.model.name
 
     @classmethod
-    def from_file(cls, weights: str | Path, device: str | torch.device = "cpu") -> "InceptionExtractor":
+    def from_file(cls, weights: str | Path, device: str | torch.device = "cpu") -> InceptionExtractor:
         return cls(FIDInceptionV3.from_file(weights), device)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(
+            2, 0, 1
+        )  # (3, H, W)
         # Resizing one image at a time gives the same result as pytorch-fid's batched
         # F.interpolate, and lets images of different sizes share a batch.
-        return F.interpolate(x[None], size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear", align_corners=False)[0]
+        return F.interpolate(
+            x[None], size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear", align_corners=False
+        )[0]
 
     @torch.no_grad()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
@@ -122,7 +127,9 @@ class ClipImageExtractor:
         self.name = f"clip:{path.resolve().name}"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"][0]  # (3, h, w)
+        return self.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"][
+            0
+        ]  # (3, h, w)
 
     @torch.no_grad()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
@@ -200,19 +207,23 @@ class FeatureStatistics:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureStatistics":
+    def load(cls, path: str | Path) -> FeatureStatistics:
         """Read statistics written by `save` (or pytorch-fid's `--save-stats` .npz, extractor `inception-pool3`)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"statistics file {path} does not exist")
         with np.load(path) as data:
             if "mu" not in data or "sigma" not in data:
-                raise ValueError(f"statistics file {path} lacks 'mu' / 'sigma' arrays (has {sorted(data.files)})")
+                raise ValueError(
+                    f"statistics file {path} lacks 'mu' / 'sigma' arrays (has {sorted(data.files)})"
+                )
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
             if "extractor" in data:
                 extractor = str(data["extractor"])
             else:
-                logger.warning("statistics file %s names no extractor; assuming pytorch-fid's inception-pool3", path)
+                logger.warning(
+                    "statistics file %s names no extractor; assuming pytorch-fid's inception-pool3", path
+                )
                 extractor = "inception-pool3"
             count = int(data["count"]) if "count" in data else 0
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
@@ -237,10 +248,20 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     feature dimensions).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    sigma1, sigma2 = (
+        np.atleast_2d(np.asarray(sigma1, np.float64)),
+        np.atleast_2d(np.asarray(sigma2, np.float64)),
+    )
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
-        raise ValueError(f"shapes do not fit: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}")
-    if not (np.isfinite(sigma1).all() and np.isfinite(sigma2).all() and np.isfinite(mu1).all() and np.isfinite(mu2).all()):
+        raise ValueError(
+            f"shapes do not fit: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}"
+        )
+    if not (
+        np.isfinite(sigma1).all()
+        and np.isfinite(sigma2).all()
+        and np.isfinite(mu1).all()
+        and np.isfinite(mu2).all()
+    ):
         raise ValueError("statistics contain NaN or inf")
     w1, v1 = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     sqrt_s1 = (v1 * np.sqrt(np.clip(w1, 0, None))) @ v1.T  # (D, D)

@@ -21,8 +21,8 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -199,14 +199,16 @@ class FIDInceptionV3(nn.Module):
         return "inception-pool3" if self.weights_path is not None else "inception-pool3:random-init"
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "FIDInceptionV3":
+    def from_file(cls, path: str | Path) -> FIDInceptionV3:
         """Load pytorch-fid's `pt_inception-2015-12-05-*.pth` (or any state dict with its keys), strictly."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Inception weights file {path} does not exist")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
-            raise ValueError(f"Inception weights file {path} does not hold a state dict (got {type(state).__name__})")
+            raise TypeError(
+                f"Inception weights file {path} does not hold a state dict (got {type(state).__name__})"
+            )
         model = cls()
         try:
             model.load_state_dict(state, strict=True)

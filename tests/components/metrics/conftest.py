@@ -13,11 +13,50 @@ import pytest
 import torch
 
 # Readable English words of 3-8 letters for rendered-text images.
-WORDS = (
-    "apple garden river stone yellow window market silver planet forest candle pocket bridge horse "
-    "cloud music orange paper dream light mountain coffee winter summer castle dragon rocket tiger "
-    "ocean forest basket pencil camera flower butter jacket ladder monkey needle rabbit violin wizard"
-).split()
+WORDS = [
+    "apple",
+    "garden",
+    "river",
+    "stone",
+    "yellow",
+    "window",
+    "market",
+    "silver",
+    "planet",
+    "forest",
+    "candle",
+    "pocket",
+    "bridge",
+    "horse",
+    "cloud",
+    "music",
+    "orange",
+    "paper",
+    "dream",
+    "light",
+    "mountain",
+    "coffee",
+    "winter",
+    "summer",
+    "castle",
+    "dragon",
+    "rocket",
+    "tiger",
+    "ocean",
+    "forest",
+    "basket",
+    "pencil",
+    "camera",
+    "flower",
+    "butter",
+    "jacket",
+    "ladder",
+    "monkey",
+    "needle",
+    "rabbit",
+    "violin",
+    "wizard",
+]
 
 CORPUS = [
     "A photo depicts a small red circle at the top left.",
@@ -44,7 +83,9 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     )
     tok.train_from_iterator(CORPUS, trainer)
     bos_id, eos_id = tok.token_to_id(bos), tok.token_to_id(eos)
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}", special_tokens=[(bos, bos_id), (eos, eos_id)])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, bos_id), (eos, eos_id)]
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos)
     tokenizer.save_pretrained(folder)
 
@@ -62,12 +103,19 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
             pad_token_id=eos_id,
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
         ),
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
     return folder
 
 

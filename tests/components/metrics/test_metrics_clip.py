@@ -55,7 +55,9 @@ def reference_cosines(embedder: ClipEmbedder, images, texts) -> torch.Tensor:
     pixels = embedder.processor(images=images, return_tensors="pt")["pixel_values"]
     tokens = embedder.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        out = embedder.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+        out = embedder.model(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels
+        )
         return (out.logits_per_image / embedder.model.logit_scale.exp()).diagonal()
 
 

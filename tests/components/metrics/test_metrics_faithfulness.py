@@ -70,15 +70,25 @@ def test_shuffled_pairs_score_at_chance_like_the_ground_truth_oracle(scenes):
 def test_each_row_fails_on_its_own_kind_of_mistake():
     scene = Scene("gray", (SceneObject("circle", "red", "large", "top left", 1 / 6, 1 / 6, 0.16),))
     detected = detect_scene(render_scene(scene, 64))
-    right, = judge([NamedObject("circle", "red", position="top left")], detected)
+    (right,) = judge([NamedObject("circle", "red", position="top left")], detected)
     assert (right.object, right.attribute, right.location, right.all) == (True, True, True, True)
-    wrong_colour, = judge([NamedObject("circle", "blue", position="top left")], detected)
-    assert (wrong_colour.object, wrong_colour.attribute, wrong_colour.location, wrong_colour.all) == (True, False, True, False)
-    wrong_place, = judge([NamedObject("circle", "red", position="bottom right")], detected)
-    assert (wrong_place.object, wrong_place.attribute, wrong_place.location, wrong_place.all) == (True, True, False, False)
-    wrong_shape, = judge([NamedObject("square", "red", position="top left")], detected)
+    (wrong_colour,) = judge([NamedObject("circle", "blue", position="top left")], detected)
+    assert (wrong_colour.object, wrong_colour.attribute, wrong_colour.location, wrong_colour.all) == (
+        True,
+        False,
+        True,
+        False,
+    )
+    (wrong_place,) = judge([NamedObject("circle", "red", position="bottom right")], detected)
+    assert (wrong_place.object, wrong_place.attribute, wrong_place.location, wrong_place.all) == (
+        True,
+        True,
+        False,
+        False,
+    )
+    (wrong_shape,) = judge([NamedObject("square", "red", position="top left")], detected)
     assert (wrong_shape.object, wrong_shape.attribute, wrong_shape.location) == (False, False, False)
-    unplaced, = judge([NamedObject("circle", "red")], detected)
+    (unplaced,) = judge([NamedObject("circle", "red")], detected)
     assert unplaced.location is None and unplaced.all
 
 
@@ -100,16 +110,31 @@ def test_empty_and_noise_images_contain_no_named_objects():
             [("circle", "red", None, "top left"), ("square", "blue", "small", "center")],
         ),
         (
-            "In the top left corner, there is a large green triangle. A yellow diamond sits near the top edge, "
-            "in the middle. Right in the middle of the picture, we can see an orange circle.",
-            [("triangle", "green", "large", "top left"), ("diamond", "yellow", None, "top"), ("circle", "orange", None, "center")],
+            (
+                "In the top left corner, there is a large green triangle. A yellow diamond sits near the top edge, "
+                "in the middle. Right in the middle of the picture, we can see an orange circle."
+            ),
+            [
+                ("triangle", "green", "large", "top left"),
+                ("diamond", "yellow", None, "top"),
+                ("circle", "orange", None, "center"),
+            ],
         ),
         (
-            "A purple square sits at the bottom right of the image. The purple square is to the left of nothing; "
-            "a white circle sits further right than the black diamond.",
-            [("square", "purple", None, "bottom right"), ("circle", "white", None, None), ("diamond", "black", None, None)],
+            (
+                "A purple square sits at the bottom right of the image. The purple square is to the left of "
+                "nothing; a white circle sits further right than the black diamond."
+            ),
+            [
+                ("square", "purple", None, "bottom right"),
+                ("circle", "white", None, None),
+                ("diamond", "black", None, None),
+            ],
         ),
-        ("a sign that reads 'river' above a blue circle on a dark green background", [("circle", "blue", None, None)]),
+        (
+            "a sign that reads 'river' above a blue circle on a dark green background",
+            [("circle", "blue", None, None)],
+        ),
         ("two circles on a light blue background", []),
     ],
 )
