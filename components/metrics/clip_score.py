@@ -8,11 +8,13 @@
 
 MiniGPT-5's evaluation code averages raw cosines for CLIP-I / CLIP-T, so only the CLIP score is
 clipped at 0. The CLIP model is a transformers `CLIPModel` loaded from a local folder that also holds
-its tokenizer and `preprocessor_config.json`.
+its tokenizer and `preprocessor_config.json` (real CLIP checkpoints), or a folder written by the
+project's `clip_evaluator`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,23 +24,61 @@ import torch.nn.functional as F
 
 from components.metrics.fid import ImageLike, load_rgb
 
+logger = logging.getLogger(__name__)
+
 TEXTDIFFUSER_PREFIX = "A photo depicts "
 
 
+# Written by `components/models/clip_evaluator.py` beside a genops-trained evaluator CLIP, which
+# preprocesses as OpenAI CLIP does (bicubic resize to the tower's size, CLIP mean/std).
+GENOPS_CLIP_CONFIG = "genops_clip_evaluator.json"
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_clip_image_processor(path: Path, image_size: int):
+    """The image processor saved with a CLIP folder, or OpenAI CLIP's for a genops evaluator folder."""
+    from transformers import CLIPImageProcessorPil
+
+    if (path / "preprocessor_config.json").is_file():
+        return CLIPImageProcessorPil.from_pretrained(path)
+    if (path / GENOPS_CLIP_CONFIG).is_file():
+        logger.info("%s is a genops clip_evaluator: OpenAI CLIP preprocessing at %d px", path, image_size)
+        return CLIPImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            image_mean=list(OPENAI_CLIP_MEAN),
+            image_std=list(OPENAI_CLIP_STD),
+        )
+    raise FileNotFoundError(
+        f"CLIP model folder {path} has no preprocessor_config.json: save the model's CLIPImageProcessor "
+        "beside it so evaluation preprocesses images as the model was trained"
+    )
+
+
 class ClipEmbedder:
-    """Unit-norm CLIP image and text embeddings from a local `CLIPModel` folder."""
+    """Unit-norm CLIP image and text embeddings from a local `CLIPModel` folder.
+
+    Texts are tokenized CLIP-style whatever post-processor the tokenizer carries (<bos> tokens
+    <eos>, truncated to the text context) and pooled at the first <eos>. transformers' own pooler
+    treats a config with eos_token_id == 2 as legacy OpenAI CLIP and pools at the highest token id
+    instead, which is wrong for tokenizers trained with `tokenizers` (their <eos> is often id 2).
+    """
 
     def __init__(self, model_path: str | Path, device: str | torch.device = "cpu") -> None:
-        from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel
 
         path = Path(model_path)
-        for needed in ("config.json", "preprocessor_config.json"):
-            if not (path / needed).is_file():
-                raise FileNotFoundError(f"CLIP model folder {path} has no {needed}")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"CLIP model folder {path} has no config.json")
         self.device = torch.device(device)
         self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.processor = CLIPImageProcessorPil.from_pretrained(path)
+        if self.tokenizer.eos_token_id is None or self.tokenizer.pad_token_id is None:
+            raise ValueError(
+                f"the tokenizer in {path} needs an eos_token and a pad_token (CLIP pools at <eos>)"
+            )
+        self.processor = load_clip_image_processor(path, self.model.config.vision_config.image_size)
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.name = f"clip:{path.resolve().name}"
 
@@ -48,28 +88,41 @@ class ClipEmbedder:
         out = []
         for start in range(0, len(images), batch_size):
             chunk = [load_rgb(im) for im in images[start : start + batch_size]]
-            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(
-                self.device
-            )  # (B, 3, h, w)
-            emb = self.model.get_image_features(pixel_values=pixels).pooler_output  # (B, D)
+            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"]  # (B, 3, h, w)
+            emb = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output  # (B, D)
             out.append(F.normalize(emb.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.projection_dim)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), each (B, L): <bos>? tokens <eos> <pad>..., L <= the text context."""
+        bos, eos, pad = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        prefix = [bos] if bos is not None else []
+        room = self.max_length - len(prefix) - 1
+        rows = [
+            prefix + ids[:room] + [eos]
+            for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        ]
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        return input_ids, attention_mask
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """(N,) texts -> (N, D) unit-norm embeddings; texts longer than the model's context are truncated."""
         out = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(
-                list(texts[start : start + batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            emb = self.model.get_text_features(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-            ).pooler_output  # (B, D)
+            input_ids, attention_mask = self.tokenize(texts[start : start + batch_size])
+            input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+            hidden = self.model.text_model(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+            eos_at = (attention_mask.sum(-1) - 1).clamp(min=0)  # (B,) the <eos> closes each row
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_at]  # (B, H)
+            emb = self.model.text_projection(pooled)  # (B, D)
             out.append(F.normalize(emb.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.projection_dim)
 

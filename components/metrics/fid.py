@@ -100,20 +100,18 @@ class ClipImageExtractor:
     """Projected image embeddings of a CLIP image tower loaded with `from_pretrained` from a local path.
 
     The folder must hold a CLIP model (`CLIPModel` or `CLIPVisionModelWithProjection`) and its
-    `preprocessor_config.json`; the extractor is named `clip:<folder name>`.
+    `preprocessor_config.json` (or be a genops clip_evaluator folder); the extractor is named
+    `clip:<folder name>`.
     """
 
     def __init__(self, model_path: str | Path, device: str | torch.device = "cpu") -> None:
-        from transformers import AutoConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionModelWithProjection
+        from transformers import AutoConfig, CLIPModel, CLIPVisionModelWithProjection
+
+        from components.metrics.clip_score import load_clip_image_processor
 
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"CLIP model folder {path} has no config.json")
-        if not (path / "preprocessor_config.json").is_file():
-            raise FileNotFoundError(
-                f"CLIP model folder {path} has no preprocessor_config.json: save the model's "
-                "CLIPImageProcessor beside it so the evaluation uses the preprocessing it was trained with"
-            )
         model_type = AutoConfig.from_pretrained(path).model_type
         if model_type == "clip":
             self.model = CLIPModel.from_pretrained(path)
@@ -123,7 +121,8 @@ class ClipImageExtractor:
             raise ValueError(f"{path} holds a {model_type!r} model; the CLIP extractor needs a CLIP model")
         self.device = torch.device(device)
         self.model.to(self.device).eval()
-        self.processor = CLIPImageProcessorPil.from_pretrained(path)
+        vision_config = getattr(self.model.config, "vision_config", self.model.config)
+        self.processor = load_clip_image_processor(path, vision_config.image_size)
         self.name = f"clip:{path.resolve().name}"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:

@@ -110,3 +110,23 @@ def test_long_prompts_are_truncated_to_the_text_context(embedder):
     long_prompt = " ".join(["a red circle at the top left and"] * 40)
     emb = embedder.embed_texts([long_prompt])
     assert emb.shape == (1, 16) and torch.isfinite(emb).all()
+
+
+def test_genops_evaluator_folder_pools_at_eos_id_2(genops_clip_dir):
+    """A tokenizer with <eos> = id 2 and no post-processor, as the project's clip_evaluator writes."""
+    embedder = ClipEmbedder(genops_clip_dir)
+    assert embedder.tokenizer.eos_token_id == 2
+    texts = ["a red circle", "a large blue square in the center"]
+    input_ids, mask = embedder.tokenize(texts)
+    assert (input_ids[:, 0] == embedder.tokenizer.bos_token_id).all()
+    last = mask.sum(-1) - 1
+    assert (input_ids[torch.arange(2), last] == 2).all()
+    with torch.no_grad():
+        hidden = embedder.model.text_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        at_eos = embedder.model.text_projection(hidden[torch.arange(2), last])
+        legacy = embedder.model.get_text_features(input_ids=input_ids, attention_mask=mask).pooler_output
+    torch.testing.assert_close(embedder.embed_texts(texts), torch.nn.functional.normalize(at_eos, dim=-1))
+    # transformers reads eos_token_id == 2 as legacy OpenAI CLIP and pools at the highest id instead.
+    assert not torch.allclose(legacy, at_eos)
+    image = Image.new("RGB", (48, 48), (200, 40, 40))
+    assert embedder.embed_images([image]).shape == (1, 16)  # OpenAI CLIP preprocessing, no processor file

@@ -7,11 +7,17 @@ import random
 
 import numpy as np
 import pytest
-from conftest import WORDS
 from PIL import Image, ImageDraw, ImageFont
 
 from components.data.scene import BACKGROUNDS, Scene, SceneObject, render_scene
 from components.metrics.ocr import OcrEngine, mario_eval, ocr_metrics, quoted_words, score_words
+
+# Readable English words of 3-8 letters.
+WORDS = tuple(
+    "apple garden river stone yellow window market silver planet forest candle pocket bridge horse "
+    "cloud music orange paper dream light mountain coffee winter summer castle dragon rocket tiger "
+    "ocean basket pencil camera flower butter jacket ladder monkey needle rabbit violin wizard".split()
+)
 
 
 def test_quoted_words_are_the_lower_cased_words_inside_single_quotes():
