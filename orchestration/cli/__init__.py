@@ -7,6 +7,7 @@ answers at once.
 import typer
 
 from orchestration.cli import data
+from orchestration.cli import metrics
 
 app = typer.Typer(
     name="genops",
@@ -15,3 +16,4 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(metrics.app, name="metrics")
