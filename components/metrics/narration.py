@@ -335,7 +335,8 @@ def narration_metrics(
 
     As in MiniGPT-5's script: a turn whose reference has text but whose prediction has none scores
     0 on every text metric; a turn whose reference has no text is not scored. Scores are averaged
-    within each dialogue, then over dialogues.
+    within each dialogue, then over dialogues. `unit` applies to BLEU and ROUGE-L; METEOR and
+    S-BERT always work on words.
     """
     if not turns:
         raise ValueError("no turns to score")
