@@ -121,7 +121,8 @@ def _attend_kv_range(
         alpha = tl.math.exp2(m_i - m_new)  # (BLOCK_M,)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = _load_tile(v_ptrs + n * stride_vn, kv_mask, d_mask, MASK_KV, PAD_D)  # (BLOCK_N, BLOCK_D)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_D)
+        acc = acc * alpha[:, None]  # (BLOCK_M, BLOCK_D)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_D)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -213,7 +214,8 @@ def padded_head_dim(head_dim: int) -> int:
 def unsupported_reason(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> str | None:
     """Why the kernel cannot run these (B, H, N, D) tensors here, or None when it can."""
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
-        return f"expected 4-D (batch, heads, tokens, head_dim) tensors, got {query.dim()}/{key.dim()}/{value.dim()}-D"
+        dims = f"{query.dim()}/{key.dim()}/{value.dim()}"
+        return f"expected 4-D (batch, heads, tokens, head_dim) query/key/value, got {dims}-D"
     if not (query.dtype == key.dtype == value.dtype):
         return f"query/key/value dtypes differ ({query.dtype}, {key.dtype}, {value.dtype})"
     if query.dtype not in SUPPORTED_DTYPES:
@@ -229,7 +231,8 @@ def unsupported_reason(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         return f"tensors are on {query.device}; the compiled kernel needs a CUDA GPU (or TRITON_INTERPRET=1)"
     batch, heads, _, head_dim = query.shape
     if key.shape[:2] != (batch, heads) or value.shape[:2] != (batch, heads):
-        return f"batch/heads differ: query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+        shapes = f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+        return f"batch/heads differ: {shapes}"
     if key.shape[2] != value.shape[2]:
         return f"key and value lengths differ ({key.shape[2]} vs {value.shape[2]})"
     if key.shape[2] == 0:
@@ -253,10 +256,11 @@ def unsupported_reason(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
 
 def _vector_width(*tensors: torch.Tensor) -> int:
-    """Elements per 16-byte vector when every tensor's rows start 16-byte aligned, else 1 (no alignment hint)."""
+    """Elements per 16-byte vector when every tensor's rows start 16-byte aligned, else 1 (no hint)."""
     vec = 16 // tensors[0].element_size()
     aligned = all(
-        t.data_ptr() % 16 == 0 and all(s % vec == 0 for s in t.stride()[:3]) and t.stride(3) == 1 for t in tensors
+        t.data_ptr() % 16 == 0 and t.stride(3) == 1 and all(s % vec == 0 for s in t.stride()[:3])
+        for t in tensors
     )
     return vec if aligned else 1
 
@@ -291,7 +295,7 @@ def flash_attention(
         return out
     scale = head_dim**-0.5 if scale is None else scale
     if not scale > 0:
-        raise ValueError(f"flash_attention: `scale` must be positive (the running max assumes it), got {scale}")
+        raise ValueError(f"flash_attention: `scale` must be positive (the running max needs it), got {scale}")
 
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads)
@@ -321,7 +325,7 @@ def compile_for_gpu(
     RuntimeError under TRITON_INTERPRET=1, where no GPU code is generated.
     """
     if INTERPRET:
-        raise RuntimeError("compile_for_gpu needs TRITON_INTERPRET unset: the interpreter generates no GPU code")
+        raise RuntimeError("compile_for_gpu needs TRITON_INTERPRET unset: the interpreter makes no GPU code")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 

@@ -73,7 +73,11 @@ class ParityResult:
 
     def to_dict(self) -> dict:
         """A flat JSON-ready record."""
-        return {**asdict(self.case), "shape": self.case.shape, **{k: v for k, v in asdict(self).items() if k != "case"}}
+        return {
+            **asdict(self.case),
+            "shape": self.case.shape,
+            **{k: v for k, v in asdict(self).items() if k != "case"},
+        }
 
 
 def parity_grid(include_bf16: bool, include_large: bool) -> list[ParityCase]:
@@ -100,12 +104,12 @@ def parity_grid(include_bf16: bool, include_large: bool) -> list[ParityCase]:
             (2, 8, 256, 256, 160, "packed"),  # SD-1.x 512 px, third level
         ]
     dtypes = ["float32", "float16"] + (["bfloat16"] if include_bf16 else [])
-    return [ParityCase(b, h, nq, nkv, d, dtype, layout) for b, h, nq, nkv, d, layout in shapes for dtype in dtypes]
+    return [
+        ParityCase(b, h, nq, nkv, d, dtype, layout) for b, h, nq, nkv, d, layout in shapes for dtype in dtypes
+    ]
 
 
-def make_inputs(
-    case: ParityCase, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_inputs(case: ParityCase, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fresh random (B, H, N, D) query, key and value in the case's memory layout."""
     generator = torch.Generator(device="cpu").manual_seed(case.seed)
     dtype = DTYPES[case.dtype]
@@ -134,7 +138,9 @@ def reference_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 AttentionFn = Callable[..., torch.Tensor]
 
 
-def run_case(case: ParityCase, device: torch.device, attention: AttentionFn = flash_attention) -> ParityResult:
+def run_case(
+    case: ParityCase, device: torch.device, attention: AttentionFn = flash_attention
+) -> ParityResult:
     """Run one case through `attention(q, k, v, out=...)` and hold it to the dtype's tolerance."""
     query, key, value = make_inputs(case, device)
     # Poisoned, in the (B, N_q, H, D) memory order the processor's output takes.
@@ -150,7 +156,9 @@ def run_case(case: ParityCase, device: torch.device, attention: AttentionFn = fl
     all_written = bool(torch.isfinite(out).all())
     max_abs_error = float((out.float() - expected).abs().max())  # NaN when an element was never written
     atol = TOLERANCES[case.dtype]
-    return ParityResult(case, max_abs_error, atol, all_written, all_written and max_abs_error <= atol, seconds)
+    return ParityResult(
+        case, max_abs_error, atol, all_written, all_written and max_abs_error <= atol, seconds
+    )
 
 
 def default_device() -> torch.device:
