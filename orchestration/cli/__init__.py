@@ -8,6 +8,7 @@ import typer
 
 from orchestration.cli import data
 from orchestration.cli import metrics
+from orchestration.cli import kernels
 
 app = typer.Typer(
     name="genops",
@@ -17,3 +18,4 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(metrics.app, name="metrics")
+app.add_typer(kernels.app, name="kernels")
