@@ -42,6 +42,6 @@ def test_selftest_on_cpu_turns_on_the_interpreter_and_reports_json():
 
 
 def test_selftest_help_names_the_output():
-    result = CliRunner().invoke(app, ["selftest", "--help"])
+    result = CliRunner().invoke(app, ["selftest", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "max error" in result.output and "--json" in result.output
