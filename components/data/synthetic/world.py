@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -91,6 +91,7 @@ DATASET_FORMATS: dict[str, str] = {
 }
 
 Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -190,6 +191,7 @@ class DatasetBuild:
     rng: random.Random = field(init=False)
     groundtruth: list[dict[str, Any]] = field(default_factory=list)
     faults: list[InjectedFault] = field(default_factory=list)
+    image_digests: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(f"genops-world:{self.cfg.seed}:{self.name}")
@@ -203,10 +205,27 @@ class DatasetBuild:
         image.save(buffer, format="JPEG", quality=self.cfg.jpeg_quality, subsampling=0)
         return buffer.getvalue()
 
-    def save_image(self, relative: str, image: Image.Image) -> Path:
+    def save_image(self, relative: str, image: Image.Image | bytes) -> Path:
         path = self.folder / relative
-        write_bytes_atomic(path, self.jpeg(image))
+        write_bytes_atomic(path, image if isinstance(image, bytes) else self.jpeg(image))
         return path.absolute()
+
+    def unique(self, sample: Callable[[], T], draw: Callable[[T], Image.Image]) -> tuple[T, bytes]:
+        """A new sample whose JPEG differs from every image already in this dataset, and that JPEG.
+
+        Validation quarantines byte-identical images as duplicates, and small scene spaces (one
+        centred object, no jitter) repeat, so only injected duplicates may share bytes.
+        """
+        for _ in range(100):
+            item = sample()
+            data = self.jpeg(draw(item))
+            digest = hashlib.sha256(data).digest()
+            if digest not in self.image_digests:
+                self.image_digests.add(digest)
+                return item, data
+        raise RuntimeError(
+            f"{self.name}: 100 samples in a row repeat earlier images; {self.count} distinct images do not fit its scene space"
+        )
 
     def small_jpeg(self, scene: Scene) -> bytes:
         return self.jpeg(render_scene(scene, SMALL_IMAGE_SIDE))
@@ -255,7 +274,9 @@ def build_laion_short(b: DatasetBuild) -> int:
     pending = []
     for i in range(b.count):
         objects = 1 if b.rng.random() < 0.7 else 2
-        scene = sample_scene(b.rng, objects, objects)
+        scene, jpeg = b.unique(
+            lambda n=objects: sample_scene(b.rng, n, n), lambda s: render_scene(s, b.cfg.image_size)
+        )
         caption = short_caption(scene, b.rng)
         shard, key = divmod(i, b.cfg.laion_shard_size)
         key = f"{shard:05d}{key:04d}"
@@ -283,9 +304,7 @@ def build_laion_short(b: DatasetBuild) -> int:
                 b.fault(kind, f"{shard:05d}.parquet:{key}", key, "caption is empty", row)
             elif kind is not None:
                 pending.append((i, kind, relative, key, row, scene))
-            shards.setdefault(shard, []).append(
-                Img2DatasetRow(key, caption, url, b.jpeg(render_scene(scene, b.cfg.image_size)))
-            )
+            shards.setdefault(shard, []).append(Img2DatasetRow(key, caption, url, jpeg))
         b.tick(i + 1)
     for shard, rows in sorted(shards.items()):
         write_laion_shard(b.folder, shard, rows)
@@ -302,10 +321,13 @@ def build_paraimage(b: DatasetBuild, small: bool) -> int:
     plan = plan_faults(b.rng, b.count, kinds, home=1, fraction=b.cfg.fault_fraction) if kinds else {}
     pairs, pending = [], []
     for i in range(b.count):
-        scene = clean_scene(b.rng) if small else sample_scene(b.rng, 1, 6)
+        scene, jpeg = b.unique(
+            lambda: clean_scene(b.rng) if small else sample_scene(b.rng, 1, 6),
+            lambda s: render_scene(s, b.cfg.image_size),
+        )
         caption = paragraph(scene, b.rng, precise=small)
         relative, record_id = f"images/{i:06d}.jpg", f"images/{i:06d}"
-        path = b.save_image(relative, render_scene(scene, b.cfg.image_size))
+        path = b.save_image(relative, jpeg)
         row = {"id": record_id, "image": relative, "scene": scene.to_json(), "caption": caption}
         b.groundtruth.append(row)
         kind = plan.get(i)
@@ -327,10 +349,10 @@ def build_cc3m(b: DatasetBuild) -> int:
     plan = plan_faults(b.rng, b.count, kinds, home=2, fraction=b.cfg.fault_fraction)
     pairs, pending = [], []
     for i in range(b.count):
-        scene = sample_scene(b.rng, 1, 3)
+        scene, jpeg = b.unique(lambda: sample_scene(b.rng, 1, 3), lambda s: render_scene(s, b.cfg.image_size))
         caption = cc3m_caption(scene, b.rng)
         relative, record_id = f"train/{i:09d}.jpg", f"train/{i:09d}"
-        path = b.save_image(relative, render_scene(scene, b.cfg.image_size))
+        path = b.save_image(relative, jpeg)
         row = {"id": record_id, "image": relative, "scene": scene.to_json(), "caption": caption}
         b.groundtruth.append(row)
         kind = plan.get(i)
@@ -436,16 +458,19 @@ def build_mario_laion(b: DatasetBuild) -> int:
     kinds = ("non_utf8_caption", "small_image", "corrupt_jpeg", "missing_image", "empty_caption")
     plan = plan_faults(b.rng, b.count, kinds, home=1, fraction=b.cfg.fault_fraction)
     size = b.cfg.textrich_image_size
-    for i in range(b.count):
+
+    def fresh_layout() -> tuple[TextLayout, Rendered]:
         layout = sample_layout(b.rng, size)
-        rendered = render_textrich(layout)
+        return layout, render_textrich(layout)
+
+    for i in range(b.count):
+        (layout, rendered), jpeg = b.unique(fresh_layout, lambda pair: pair[1].image)
         caption = textrich_caption(layout, b.rng)
         key = f"{i:09d}"
         sample_dir, record_id = f"{key[:5]}/{key}", f"{key[:5]}_{key}"
         kind = plan.get(i)
         if kind == "empty_caption":
             caption = ""
-        jpeg = b.jpeg(rendered.image)
         info = {
             "caption": caption,
             "url": f"synthetic://genops/mario_laion/{key}.jpg",

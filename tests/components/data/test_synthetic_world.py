@@ -295,3 +295,21 @@ def test_regenerating_replaces_datasets_and_drops_zero_count_ones(tmp_path):
 def test_config_errors_name_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         WorldConfig(**{field: value})
+
+
+def test_only_injected_duplicates_share_image_bytes(world, tmp_path):
+    out, _, manifest, _, _ = world
+    faulty = {(f["dataset"], f["ref"]) for f in manifest["injected_faults"]}
+    for name in ("laion_short", "paraimage_big", "paraimage_small", "cc3m", "mario_laion"):
+        clean = [
+            p
+            for p in sorted((out / name).rglob("*.jpg"))
+            if (name, p.relative_to(out / name).as_posix()) not in faulty
+        ]
+        assert len({hashlib.sha256(p.read_bytes()).digest() for p in clean}) == len(clean), name
+    # ParaImage-Small's centred, unjittered scenes repeat often in a large set: generation must resample them.
+    only_small = {name: 0 for name in DATASET_FORMATS} | {"paraimage_small": 150}
+    summary = generate_world(WorldConfig(image_size=16, fault_fraction=0.0, **only_small), tmp_path)
+    images = sorted((tmp_path / "paraimage_small" / "images").glob("*.jpg"))
+    assert summary.datasets["paraimage_small"].images == len(images) == 150
+    assert len({hashlib.sha256(p.read_bytes()).digest() for p in images}) == 150
