@@ -126,9 +126,8 @@ class ClipImageExtractor:
         self.name = f"clip:{path.resolve().name}"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"][
-            0
-        ]  # (3, h, w)
+        pixels = self.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+        return pixels[0]  # (3, h, w)
 
     @torch.no_grad()
     def features(self, batch: torch.Tensor) -> torch.Tensor:

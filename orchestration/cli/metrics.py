@@ -94,7 +94,8 @@ def fid(
         help="pytorch-fid's pt_inception-2015-12-05-*.pth (state dict); required with --extractor inception.",
     ),
     clip_model: Path | None = typer.Option(
-        None, help="Local CLIP model folder (with preprocessor_config.json); for --extractor clip."
+        None,
+        help="Local CLIP model folder (hub layout or a genops clip_evaluator folder); for --extractor clip.",
     ),
     batch_size: int = typer.Option(50, min=1, help="Images per forward pass."),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
