@@ -78,15 +78,19 @@ def printable(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def absolute(path: Path) -> Path:
+    """`path` made absolute and normalised ('..' folded, no symlink resolution): the form records carry."""
+    return Path(os.path.normpath(Path(path).absolute()))
+
+
 def under(base: Path, relative: str) -> Path:
-    """Absolute, normalised path of `relative` taken from folder `base` (no symlink resolution)."""
-    return Path(os.path.normpath(Path(base).absolute() / relative))
+    """Absolute, normalised path of `relative` taken from folder `base`."""
+    return absolute(Path(base) / relative)
 
 
 def relative_posix(path: Path, base: Path, what: str) -> str:
     """`path` relative to `base` in POSIX form; ValueError naming `what` if it lies outside `base`."""
-    path = Path(os.path.normpath(Path(path).absolute()))
-    base = Path(os.path.normpath(Path(base).absolute()))
+    path, base = absolute(path), absolute(base)
     try:
         return path.relative_to(base).as_posix()
     except ValueError:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from components.data.formats.files import under, write_jsonl_atomic
+from components.data.formats.files import absolute, under, write_jsonl_atomic
 
 GROUNDTRUTH_FILE = "groundtruth.jsonl"
 
@@ -45,7 +45,7 @@ class GroundTruth:
         return len(self.by_image) + len(self.by_id) + len(self.by_step)
 
     def for_image(self, path: Path | None) -> dict[str, Any] | None:
-        return None if path is None else self.by_image.get(Path(path))
+        return None if path is None else self.by_image.get(absolute(path))
 
     def for_id(self, record_id: str) -> dict[str, Any] | None:
         return self.by_id.get(record_id)

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from components.data.formats.files import (
+    absolute,
     require_dir,
     utf8_problem,
     write_bytes_atomic,
@@ -61,8 +62,8 @@ def image_file(shard_dir: Path, key: str) -> Path:
     for suffix in IMAGE_SUFFIXES:
         candidate = shard_dir / f"{key}{suffix}"
         if candidate.is_file():
-            return candidate.absolute()
-    return (shard_dir / f"{key}.jpg").absolute()
+            return absolute(candidate)
+    return absolute(shard_dir / f"{key}.jpg")
 
 
 def _read(folder: Path, shards: list[Path]) -> Iterator[CaptionImagePair | ReadFailure]:

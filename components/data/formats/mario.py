@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from components.data.formats.files import (
+    absolute,
     decode_text,
     printable,
     require_dir,
@@ -78,7 +79,7 @@ def read(src: Path) -> Iterator[TextRichImage | ReadFailure]:
 def _read(root: Path, samples: list[Path]) -> Iterator[TextRichImage | ReadFailure]:
     groundtruth = load_groundtruth(root)
     for sample in samples:
-        yield _sample(sample.absolute(), groundtruth)
+        yield _sample(absolute(sample), groundtruth)
 
 
 def _sample(sample: Path, groundtruth: GroundTruth) -> TextRichImage | ReadFailure:

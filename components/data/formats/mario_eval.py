@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from components.data.formats.files import decode_text, printable, utf8_problem, write_text_atomic
+from components.data.formats.files import absolute, decode_text, printable, utf8_problem, write_text_atomic
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import PromptRecord, ReadFailure
 
@@ -74,7 +74,7 @@ def _read(src: Path, subsets: list[Path]) -> Iterator[PromptRecord | ReadFailure
                 category=subset.name,
                 quoted_words=quoted_words(prompt),
                 groundtruth=groundtruth.for_id(record_id),
-                extra={"image": str((images / f"{index}.jpg").absolute())} if images.is_dir() else {},
+                extra={"image": str(absolute(images / f"{index}.jpg"))} if images.is_dir() else {},
             )
 
 

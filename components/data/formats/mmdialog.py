@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from components.data.formats.files import decode_text, printable, utf8_problem, write_text_atomic
+from components.data.formats.files import absolute, decode_text, printable, utf8_problem, write_text_atomic
 from components.data.formats.groundtruth import GroundTruth, load_groundtruth
 from components.data.records import ReadFailure, Story, StoryStep
 
@@ -97,7 +97,7 @@ def _conversation(path: Path, line: str, groundtruth: GroundTruth, ref: str) -> 
                 reason=f"turn {index}: {TEXT} must be a string and {MEDIA} an id",
                 raw=printable(line),
             )
-        image = (path.parent / f"{media[0]}.jpg").absolute() if media else None
+        image = absolute(path.parent / f"{media[0]}.jpg") if media else None
         steps.append(
             StoryStep(
                 text=" ".join(t.strip() for t in texts),
@@ -124,7 +124,7 @@ def write_mmdialog(path: Path, stories: Iterable[Story]) -> Path:
             items: list[dict[str, Any]] = [{TEXT: step.text}]
             if step.image_path is not None:
                 image = Path(step.image_path)
-                if image.absolute().parent != path.absolute().parent or image.suffix != ".jpg":
+                if absolute(image).parent != absolute(path).parent or image.suffix != ".jpg":
                     raise ValueError(
                         f"story {story.id!r} turn {index}: image {image} must be a .jpg beside {path}"
                     )

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.data.formats.files import decode_text, printable, utf8_problem
+from components.data.formats.files import absolute, decode_text, printable, utf8_problem
 from components.data.formats.groundtruth import GroundTruth, load_groundtruth
 from components.data.records import ReadFailure, Story, StoryStep
 
@@ -52,9 +52,9 @@ def photo_path(folder: Path, split: str, photo_id: str) -> Path:
         for suffix in PHOTO_SUFFIXES:
             candidate = image_dir / f"{photo_id}{suffix}"
             if candidate.is_file():
-                return candidate.absolute()
+                return absolute(candidate)
     home = image_dirs[0] if image_dirs[0].is_dir() else image_dirs[1]
-    return (home / f"{photo_id}.jpg").absolute()
+    return absolute(home / f"{photo_id}.jpg")
 
 
 def _read(folder: Path, files: list[Path]) -> Iterator[Story | ReadFailure]:

@@ -62,6 +62,9 @@ def test_cc3m_round_trip_with_groundtruth(tmp_path):
     assert [(p.id, p.caption, p.image_path) for p in back] == [(p.id, p.caption, p.image_path) for p in pairs]
     assert [p.groundtruth is not None for p in back] == [False, True, False]
     assert back[1].groundtruth["scene"]["background"] == "gray"
+    # A src spelled with '..' gives the same normalised paths, so ground truth still attaches.
+    again = list(cc3m.read(tmp_path / "train" / ".." / "pairs.tsv"))
+    assert [p.image_path for p in again] == [p.image_path for p in pairs] and again[1].groundtruth is not None
     assert no_temp_files(tmp_path)
 
 
