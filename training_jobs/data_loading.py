@@ -7,7 +7,8 @@ from typing import Any, Callable, Iterator
 
 from torch.utils.data import DataLoader
 
-from components.data.shards import ShardDataset, list_shards, seed_worker
+from components.data.shards import list_shards
+from components.data.training_data import ShardDataset, seed_worker
 from training_jobs.loop import infinite
 
 

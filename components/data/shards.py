@@ -3,7 +3,8 @@
 A sample is the group of tar members sharing a key: `<key>.json` (the record, see
 `records.record_to_json`, with file references replaced by member names) plus its files
 (`<key>.jpg`, `<key>.charseg.npy`, story images `<key>.0.jpg`, ...). Any WebDataset reader can
-open these shards; `ShardDataset` is the project's own streaming reader for Ray Train workers.
+open these shards; `components.data.training_data.ShardDataset` streams them into Ray Train
+workers. This module stays free of torch, so the data-pipeline commands start fast.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import random
 import tarfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from typing import Any, Iterator
 
 from components.data.records import CaptionImagePair, Record, Story, TextRichImage, record_to_json
 from components.fileio import atomic_write_bytes
@@ -96,77 +93,6 @@ def list_shards(prepared_dir: Path, split: str) -> list[Path]:
     return shards
 
 
-class ShardDataset(IterableDataset):
-    """Stream samples from tar shards, split across distributed ranks and DataLoader workers.
-
-    With at least as many shards as readers (ranks x workers) each reader takes whole shards;
-    otherwise every reader scans all shards and keeps every n-th sample, so small datasets still
-    give every rank data. `repeat=True` cycles forever (training loops count steps, not epochs),
-    reshuffling shard order each pass with `seed + pass` so ranks stay deterministic.
-    """
-
-    def __init__(
-        self,
-        shards: list[Path],
-        decode: Callable[[dict[str, bytes]], Any],
-        rank: int = 0,
-        world_size: int = 1,
-        repeat: bool = False,
-        shuffle: bool = False,
-        seed: int = 0,
-        shuffle_buffer: int = 256,
-    ):
-        if not shards:
-            raise ValueError("ShardDataset needs at least one shard")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.shards = [Path(s) for s in shards]
-        self.decode = decode
-        self.rank, self.world_size = rank, world_size
-        self.repeat, self.shuffle, self.seed = repeat, shuffle, seed
-        self.shuffle_buffer = shuffle_buffer
-
-    def _reader(self) -> tuple[int, int]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
-
-    def _samples(self, epoch: int) -> Iterator[dict[str, bytes]]:
-        reader, readers = self._reader()
-        order = list(self.shards)
-        if self.shuffle:
-            random.Random(self.seed + epoch).shuffle(order)
-        if len(order) >= readers:
-            for shard in order[reader::readers]:
-                yield from iter_shard(shard)
-        else:
-            index = 0
-            for shard in order:
-                for sample in iter_shard(shard):
-                    if index % readers == reader:
-                        yield sample
-                    index += 1
-
-    def __iter__(self) -> Iterator[Any]:
-        epoch = 0
-        rng = random.Random(self.seed * 7919 + self._reader()[0])
-        while True:
-            buffer: list[dict[str, bytes]] = []
-            for sample in self._samples(epoch):
-                if not self.shuffle:
-                    yield self.decode(sample)
-                    continue
-                buffer.append(sample)
-                if len(buffer) >= self.shuffle_buffer:
-                    yield self.decode(buffer.pop(rng.randrange(len(buffer))))
-            rng.shuffle(buffer)
-            for sample in buffer:
-                yield self.decode(sample)
-            epoch += 1
-            if not self.repeat:
-                return
-
-
 def split_texts(prepared_dir: Path, split: str) -> Iterator[str]:
     """Every caption / step text / prompt of one split of a prepared dataset, in shard order."""
     prepared_dir = Path(prepared_dir)
@@ -187,8 +113,3 @@ def split_texts(prepared_dir: Path, split: str) -> Iterator[str]:
 def decode_json(sample: dict[str, bytes]) -> dict[str, Any]:
     """The record JSON of a shard sample."""
     return json.loads(sample["json"])
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn` that makes each worker's torch RNG depend only on the base seed."""
-    torch.manual_seed(torch.initial_seed() % 2**31 + worker_id)

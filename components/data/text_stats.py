@@ -38,6 +38,7 @@ def _lexicon() -> dict[str, object]:
     return {
         "noun_only": frozenset(data["noun_only"]),
         "noun_and_other": frozenset(data["noun_and_other"]),
+        "nouns": frozenset(data["noun_only"]) | frozenset(data["noun_and_other"]),
         "adjectives": frozenset(data["adjectives"]),
         "irregular_plurals": data["irregular_plurals"],
     }
@@ -56,7 +57,7 @@ def _singular(word: str, lexicon: dict[str, object]) -> str:
     irregular = lexicon["irregular_plurals"]
     if word in irregular:
         return irregular[word]
-    known = lexicon["noun_only"] | lexicon["noun_and_other"]
+    known = lexicon["nouns"]
     for suffix, replacement in (("ies", "y"), ("ves", "f"), ("es", ""), ("s", "")):
         if word.endswith(suffix) and len(word) > len(suffix) + 1:
             candidate = word[: -len(suffix)] + replacement

@@ -1,6 +1,7 @@
-"""Turning shard samples into training tensors: image decoding and batching for caption-image pairs.
+"""Training data: streaming shards into workers, and turning samples into tensors.
 
-Decoders take a WebDataset sample dict (see `components/data/shards.py`) and return plain Python
+`ShardDataset` streams WebDataset shards (see `components/data/shards.py`) split across ranks and
+DataLoader workers. Decoders take a WebDataset sample dict (see `components/data/shards.py`) and return plain Python
 and tensor values; collate functions stack them. Images become float tensors in [-1, 1], the range
 the VAE and the diffusion models work in.
 """
@@ -9,13 +10,94 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from components.data.shards import iter_shard
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+class ShardDataset(IterableDataset):
+    """Stream samples from tar shards, split across distributed ranks and DataLoader workers.
+
+    With at least as many shards as readers (ranks x workers) each reader takes whole shards;
+    otherwise every reader scans all shards and keeps every n-th sample, so small datasets still
+    give every rank data. `repeat=True` cycles forever (training loops count steps, not epochs),
+    reshuffling shard order each pass with `seed + pass` so ranks stay deterministic.
+    """
+
+    def __init__(
+        self,
+        shards: list[Path],
+        decode: Callable[[dict[str, bytes]], Any],
+        rank: int = 0,
+        world_size: int = 1,
+        repeat: bool = False,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+    ):
+        if not shards:
+            raise ValueError("ShardDataset needs at least one shard")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.shards = [Path(s) for s in shards]
+        self.decode = decode
+        self.rank, self.world_size = rank, world_size
+        self.repeat, self.shuffle, self.seed = repeat, shuffle, seed
+        self.shuffle_buffer = shuffle_buffer
+
+    def _reader(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _samples(self, epoch: int) -> Iterator[dict[str, bytes]]:
+        reader, readers = self._reader()
+        order = list(self.shards)
+        if self.shuffle:
+            random.Random(self.seed + epoch).shuffle(order)
+        if len(order) >= readers:
+            for shard in order[reader::readers]:
+                yield from iter_shard(shard)
+        else:
+            index = 0
+            for shard in order:
+                for sample in iter_shard(shard):
+                    if index % readers == reader:
+                        yield sample
+                    index += 1
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = 0
+        rng = random.Random(self.seed * 7919 + self._reader()[0])
+        while True:
+            buffer: list[dict[str, bytes]] = []
+            for sample in self._samples(epoch):
+                if not self.shuffle:
+                    yield self.decode(sample)
+                    continue
+                buffer.append(sample)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield self.decode(buffer.pop(rng.randrange(len(buffer))))
+            rng.shuffle(buffer)
+            for sample in buffer:
+                yield self.decode(sample)
+            epoch += 1
+            if not self.repeat:
+                return
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn` that makes each worker's torch RNG depend only on the base seed."""
+    torch.manual_seed(torch.initial_seed() % 2**31 + worker_id)
 
 
 def decode_image(data: bytes, size: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from components.data.records import (
-    CaptionImagePair,
     PromptRecord,
     ReadFailure,
     Record,

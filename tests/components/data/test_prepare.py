@@ -13,7 +13,8 @@ from components.data.prepare import (
     validate_corpus,
 )
 from components.data.records import CaptionImagePair, PromptRecord, ReadFailure
-from components.data.shards import ShardDataset, decode_json, iter_shard, list_shards, split_texts
+from components.data.shards import decode_json, iter_shard, list_shards, split_texts
+from components.data.training_data import ShardDataset
 from components.data.validation import DataQualityError, ValidationConfig
 
 SPLIT = SplitConfig(seed=1, val_fraction=0.2, test_fraction=0.2)
