@@ -7,9 +7,59 @@ Hugging Face hub access is switched off: nothing may download at test time.
 
 import os
 import shutil
+import tempfile
 
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Registry models downloaded by tests go to a throwaway cache, not ~/.cache/genops.
+os.environ.setdefault("GENOPS_MODEL_CACHE", tempfile.mkdtemp(prefix="genops-test-model-cache-"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance shared by every test that needs a cluster (starting Ray costs seconds)."""
+    import ray
+
+    from training_jobs.cluster import connect_ray
+
+    connect_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A tiny synthetic world, its caption datasets validated and prepared in-process, and a tokenizer.
+
+    Returns the root holding `data/prepared/<dataset>/` and `data/tokenizer/`, laid out like the
+    DVC outputs of a checkout.
+    """
+    from components.config import load_config
+    from components.data.formats import read_corpus
+    from components.data.pipeline_config import DataConfig
+    from components.data.prepare import prepare_dataset, validate_corpus
+    from components.data.shards import split_texts
+    from components.data.synthetic import generate_world
+    from components.data.tokenizer import train_bpe_tokenizer
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    data = root / "data"
+    cfg = load_config(DataConfig, Path(__file__).parents[1] / "training_jobs" / "configs" / "data" / "tiny.yaml")
+    generate_world(cfg.world, data / "raw")
+    texts = []
+    for name in ("laion_short", "cc3m"):
+        spec = cfg.spec(name)
+        validate_corpus(read_corpus(spec.format, data / "raw" / name), data / "validated" / name, dataset=name,
+                        fmt=spec.format, source=data / "raw" / name, cfg=cfg.validation_for(name))
+        prepare_dataset(data / "validated" / name, data / "prepared" / name, dataset=name,
+                        split_cfg=cfg.split_for(name), shard_cfg=cfg.shards)
+        texts.extend(split_texts(data / "prepared" / name, "train"))
+    train_bpe_tokenizer(texts, cfg.tokenizer, data / "tokenizer")
+    return root

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from components.config import apply_overrides, flatten, from_dict, load_values, merge_values, to_dict
 from training_jobs.cluster import connect_ray
 from training_jobs.lineage import dataset_versions
-from training_jobs.tracking import TrackingConfig, finish_run, git_commit, open_run, register_model
+from training_jobs.tracking import finish_run, git_commit, open_run, register_model
 from training_jobs.worker import SCRATCH_DIR
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class LaunchResult:
     metrics: dict[str, Any]
     checkpoint_path: str | None
     model_dir: Path
+    registered_model: str | None
     registered_version: str | None
     dataset_versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -210,6 +211,7 @@ def launch(
     )
     return LaunchResult(
         recipe=recipe, run_name=run_name, run_id=run_id, metrics=metrics,
-        checkpoint_path=str(result.checkpoint.path) if cfg.scaling.num_workers else None, model_dir=model_dir, registered_version=version,
+        checkpoint_path=str(result.checkpoint.path) if cfg.scaling.num_workers else None, model_dir=model_dir,
+        registered_model=cfg.tracking.registered_model, registered_version=version,
         dataset_versions=dict(cfg.tracking.dataset_versions), seconds=seconds,
     )

@@ -2,7 +2,9 @@
 training scripts expect, as small functions a recipe composes (no trainer framework).
 
 - `TrainConfig`: steps, batch, optimizer, warm-up + schedule, accumulation, clipping, precision,
-  gradient checkpointing, EMA, min-SNR, seeding, logging/checkpoint/sample intervals, retention.
+  gradient checkpointing, EMA, seeding, logging/checkpoint/sample intervals, retention.
+  (Min-SNR weighting and v-prediction belong to the model's diffusion config, see components/diffusion.py.)
+- `train_step`: one optimizer step over `grad_accum_steps` micro-batches.
 - `seed_everything`, `autocast`, `build_optimizer`, `build_lr_scheduler`, `clip_gradients`.
 - `TrainState`: model/EMA/optimizer/scheduler/RNG/step saved to a checkpoint folder (weights as
   safetensors, the rest loaded back with `weights_only=True`: nothing is unpickled from a file).
@@ -16,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -52,8 +54,6 @@ class TrainConfig:
     """Recompute activations in the backward pass (models that support it) to save memory."""
     ema_decay: float | None = 0.995
     """Decay of the EMA of the trained weights used for sampling and export (None: no EMA)."""
-    min_snr_gamma: float | None = None
-    """Min-SNR-gamma loss weighting for diffusion losses (Hang et al. 2023; 5.0 is common; None: off)."""
     seed: int = 0
     """Seed of weights init, data order and noise; each rank offsets it by its rank."""
     log_every: int = 10
@@ -241,6 +241,36 @@ def _python_rng_state() -> list:
     return [version, list(internal), gauss]
 
 
+def train_step(
+    model: nn.Module,
+    batches: Iterator,
+    compute_losses: Callable[[object], dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: "ExponentialMovingAverage | None",
+    cfg: TrainConfig,
+    device: torch.device,
+    window: "MetricWindow",
+) -> float:
+    """One optimizer step: `grad_accum_steps` micro-batches of forward (under autocast) and backward,
+    DDP gradient sync only on the last one, then clip/step/schedule/EMA. Returns the gradient norm."""
+    model.train()
+    for micro in range(cfg.grad_accum_steps):
+        batch = next(batches)
+        with micro_batch_sync(model, micro == cfg.grad_accum_steps - 1):
+            with autocast(cfg, device):
+                losses = compute_losses(batch)
+            (losses["loss"] / cfg.grad_accum_steps).backward()
+        window.add(losses, 1 / cfg.grad_accum_steps)
+    window.end_step()
+    return optimizer_step(model, optimizer, scheduler, ema, cfg)
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """Whether something done every `every` steps (0: never) is due after `step` (always at the last)."""
+    return step == last or (every > 0 and step % every == 0)
+
+
 def micro_batch_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
     """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulation window."""
     if not last and isinstance(model, nn.parallel.DistributedDataParallel):
@@ -290,3 +320,16 @@ class MetricWindow:
         out[f"{prefix}samples_per_s"] = self.steps * self.samples_per_step / max(elapsed, 1e-9)
         self.sums, self.steps, self.started = {}, 0, time.perf_counter()
         return out
+
+
+def evaluation_weights(model: nn.Module, ema: ExponentialMovingAverage | None) -> contextlib.AbstractContextManager:
+    """Context giving the unwrapped module with the weights to evaluate and sample with (EMA if any)."""
+    return ema.applied(model) if ema is not None else contextlib.nullcontext(unwrap(model))
+
+
+def export_state_dict(model: nn.Module, ema: ExponentialMovingAverage | None) -> dict[str, torch.Tensor]:
+    """The unwrapped module's state dict with the EMA weights in place of the trained ones (if any)."""
+    weights = dict(unwrap(model).state_dict())
+    if ema is not None:
+        weights.update({k: v.to(weights[k].dtype) for k, v in ema.shadow.items()})
+    return weights

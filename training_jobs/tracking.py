@@ -68,13 +68,24 @@ def lineage_tags(cfg: TrackingConfig) -> dict[str, str]:
     return tags
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of an embedded SQLite store live beside it (`<store>/artifacts`), not in ./mlruns of
+    whatever the working directory is; a tracking server decides for itself (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+
+
 def open_run(cfg: TrackingConfig, run_name: str, params: dict[str, Any], recipe: str) -> str:
     """Create the job's run (or reopen the unfinished run of the same name, for a resumed job)."""
     import mlflow
 
     client = _client(cfg.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg.tracking_uri))
     existing = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`genops.run_name` = '{run_name}' and attributes.status != 'FINISHED'",

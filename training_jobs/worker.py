@@ -83,3 +83,18 @@ def report(ctx: WorkerContext, metrics: dict[str, float], write_checkpoint: Call
         write_checkpoint(path)
         checkpoint = ray.train.Checkpoint.from_directory(str(path))
     ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
+
+
+def resume_step(ctx: WorkerContext, model: nn.Module, optimizer, scheduler, ema) -> int:
+    """Restore the latest checkpoint of a relaunched job into these objects; the step to start from (0 if new).
+
+    A resumed job says so in its run: metric `resumed_from_step`.
+    """
+    from training_jobs.loop import TrainState
+
+    with resume_checkpoint() as checkpoint:
+        if checkpoint is None:
+            return 0
+        step = TrainState.load(checkpoint, model, optimizer, scheduler, ema)
+    ctx.log.metrics({"resumed_from_step": step}, step)
+    return step

@@ -6,7 +6,7 @@ answers at once.
 
 import typer
 
-from orchestration.cli import data
+from orchestration.cli import data, stack, train
 from orchestration.cli import metrics
 from orchestration.cli import kernels
 
@@ -18,4 +18,8 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(metrics.app, name="metrics")
+app.command()(stack.demo)
+app.command()(stack.ui)
+app.command()(train.train)
+app.command()(train.sample)
 app.add_typer(kernels.app, name="kernels")

@@ -9,7 +9,6 @@ exported config, so every diffusion model in the project sees unit-variance late
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +32,16 @@ from training_jobs.loop import (
     MetricWindow,
     TrainConfig,
     TrainState,
-    autocast,
     build_lr_scheduler,
     build_optimizer,
-    micro_batch_sync,
-    optimizer_step,
+    due,
+    evaluation_weights,
+    export_state_dict,
     seed_everything,
-    unwrap,
+    train_step,
 )
 from training_jobs.tracking import TrackingConfig
-from training_jobs.worker import prepare_model, report, resume_checkpoint, worker_context
+from training_jobs.worker import prepare_model, report, resume_step, worker_context
 
 MODEL_CONFIG = "vae"
 
@@ -98,10 +97,7 @@ def train(config: dict) -> None:
     optimizer = build_optimizer(model.parameters(), cfg.train)
     scheduler = build_lr_scheduler(optimizer, cfg.train)
     ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-    start = 0
-    with resume_checkpoint() as checkpoint:
-        if checkpoint is not None:
-            start = TrainState.load(checkpoint, model, optimizer, scheduler, ema)
+    start = resume_step(ctx, model, optimizer, scheduler, ema)
     seed_everything(cfg.train.seed + 1000 * ctx.rank + start)
     root = Path(cfg.data.prepared_root)
     decode = pair_decoder(cfg.model.sample_size)
@@ -122,17 +118,10 @@ def train(config: dict) -> None:
     # train
     window = MetricWindow(cfg.train.batch_size * cfg.train.grad_accum_steps * ctx.world_size)
     for step in range(start, cfg.train.steps):
-        model.train()
-        for micro in range(cfg.train.grad_accum_steps):
-            pixels = next(batches)["pixels"].to(ctx.device)  # (B, 3, H, W)
-            with micro_batch_sync(model, micro == cfg.train.grad_accum_steps - 1), autocast(cfg.train, ctx.device):
-                losses = model(pixels)
-            (losses["loss"] / cfg.train.grad_accum_steps).backward()
-            window.add(losses, 1 / cfg.train.grad_accum_steps)
-        grad_norm = optimizer_step(model, optimizer, scheduler, ema, cfg.train)
-        window.end_step()
+        grad_norm = train_step(model, batches, lambda batch: model(batch["pixels"].to(ctx.device)),
+                               optimizer, scheduler, ema, cfg.train, ctx.device, window)
         done = step + 1
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+        if due(done, cfg.train.log_every, cfg.train.steps):
             ctx.log.metrics({**window.flush(), "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, done)
         if cfg.train.sample_every and done % cfg.train.sample_every == 0 and ctx.is_main:
             _log_reconstructions(model, ema, val_pixels, ctx, done)
@@ -159,18 +148,14 @@ def train(config: dict) -> None:
 
 
 def _weights(model, ema: ExponentialMovingAverage | None) -> dict[str, torch.Tensor]:
-    """The autoencoder's weights to export: the EMA ones when there is an EMA."""
-    weights = {k.removeprefix("vae."): v for k, v in unwrap(model).state_dict().items()}
-    if ema is not None:
-        weights.update({k.removeprefix("vae."): v for k, v in ema.shadow.items()})
-    return weights
+    """The autoencoder's weights to export (EMA ones when there is an EMA), without the loss wrapper's prefix."""
+    return {k.removeprefix("vae."): v for k, v in export_state_dict(model, ema).items()}
 
 
 @torch.no_grad()
 def _log_reconstructions(model, ema, pixels: torch.Tensor, ctx, step: int) -> None:
     """Originals (top row) over reconstructions (bottom row), with the EMA weights."""
-    context = ema.applied(model) if ema is not None else contextlib.nullcontext(unwrap(model))
-    with context as module:
+    with evaluation_weights(model, ema) as module:
         module.eval()
         reconstructed = module.vae.decode(module.vae.encode(pixels).latent_dist.mode()).sample
         module.train()

@@ -1,0 +1,62 @@
+"""sd_base and clip_evaluator train for real (tiny, Ray Train local mode) and export loadable models."""
+
+import pytest
+import torch
+
+from components.models.autoencoder import load_autoencoder
+from components.models.clip_evaluator import ClipEvaluator
+from components.models.sd_base import SDBase
+from training_jobs.launcher import launch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae")
+    return launch("vae", "tiny", [f"data.prepared_root={tiny_data / 'data' / 'prepared'}", f"run.storage_path={root / 'ray'}"],
+                  tracking_uri=f"sqlite:///{root / 'mlflow.db'}", versions={})
+
+
+def test_vae_exports_a_measured_scaling_factor(trained_vae):
+    vae = load_autoencoder(trained_vae.model_dir)
+    assert vae.config.scaling_factor == pytest.approx(trained_vae.metrics["scaling_factor"])
+    assert vae.config.scaling_factor != 1.0
+
+
+def test_sd_base_trains_in_the_vae_latent_space_and_samples(tiny_data, trained_vae, tmp_path):
+    result = launch(
+        "sd_base", "tiny",
+        [f"data.prepared_root={tiny_data / 'data' / 'prepared'}", f"data.tokenizer={tiny_data / 'data' / 'tokenizer'}",
+         f"data.vae={trained_vae.model_dir}", f"run.storage_path={tmp_path / 'ray'}"],
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", versions={},
+    )
+    assert result.metrics["val/loss"] > 0 and result.registered_version == "1"
+    sd = SDBase.from_pretrained(result.model_dir).eval()
+    vae = load_autoencoder(result.model_dir / "vae")
+    assert vae.config.scaling_factor == pytest.approx(trained_vae.metrics["scaling_factor"])
+    images = sd.generate(["a small red circle at the top left"], vae, num_inference_steps=2,
+                         generator=torch.Generator().manual_seed(0))
+    assert images.shape == (1, 3, 32, 32) and images.abs().max() <= 1
+
+
+def test_sd_base_refuses_a_vae_of_another_latent_shape(tiny_data, trained_vae, tmp_path):
+    with pytest.raises(Exception, match="does not fit the VAE"):
+        launch("sd_base", "tiny",
+               [f"data.prepared_root={tiny_data / 'data' / 'prepared'}", f"data.tokenizer={tiny_data / 'data' / 'tokenizer'}",
+                f"data.vae={trained_vae.model_dir}", "model.unet.sample_size=16", f"run.storage_path={tmp_path}"],
+               tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", versions={})
+
+
+def test_clip_evaluator_trains_on_the_holdout_split_and_embeds(tiny_data, tmp_path):
+    result = launch(
+        "clip_evaluator", "tiny",
+        [f"data.prepared_root={tiny_data / 'data' / 'prepared'}", f"data.tokenizer={tiny_data / 'data' / 'tokenizer'}",
+         f"run.storage_path={tmp_path / 'ray'}"],
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", versions={},
+    )
+    assert 0 <= result.metrics["val/retrieval_top1"] <= 1
+    clip = ClipEvaluator.from_pretrained(result.model_dir).eval()
+    with torch.no_grad():
+        text = clip.embed_texts(["a red circle", "a blue square"])
+    assert text.shape[0] == 2 and torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)

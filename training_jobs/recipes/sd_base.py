@@ -1,0 +1,170 @@
+"""Recipe: the SD-style base model (`sd_base`), CLIP text encoder + UNet trained on short captions.
+
+    genops train sd_base --profile demo data.vae=<vae model folder or models:/genops-vae/latest>
+
+Latent diffusion (Rombach et al. 2022): images go through the frozen shared VAE (a posterior sample,
+scaled by its measured factor), the UNet learns the noise-prediction loss (min-SNR-weighted if the
+model config says so), and 10% of captions drop to the empty prompt for classifier-free guidance.
+Sample grids use fixed validation prompts and a fixed seed with the EMA weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from components.config import from_dict
+from components.data.training_data import collate_pairs, image_grid, pair_decoder
+from components.diffusion import drop_captions
+from components.models.autoencoder import encode_latents, latent_shape, load_autoencoder
+from components.models.sd_base import SDBase, SDBaseConfig
+from training_jobs.data_loading import batch_stream, first_samples, shard_paths
+from training_jobs.launcher import RunSection, ScalingSection
+from training_jobs.loop import (
+    ExponentialMovingAverage,
+    MetricWindow,
+    TrainConfig,
+    TrainState,
+    build_lr_scheduler,
+    build_optimizer,
+    due,
+    evaluation_weights,
+    export_state_dict,
+    seed_everything,
+    train_step,
+    unwrap,
+)
+from training_jobs.model_inputs import resolve_model_path
+from training_jobs.tracking import TrackingConfig
+from training_jobs.worker import prepare_model, report, resume_step, worker_context
+
+MODEL_CONFIG = "sd_base"
+
+
+@dataclass
+class DataSection:
+    prepared_root: str = "data/prepared"
+    """Root of the prepared datasets (DVC outputs)."""
+    datasets: list[str] = field(default_factory=lambda: ["laion_short"])
+    """Prepared short-caption datasets to train on."""
+    tokenizer: str = "data/tokenizer"
+    """Tokenizer folder (Hugging Face format): the project's BPE or a pretrained one."""
+    vae: str = "models:/genops-vae/latest"
+    """The frozen autoencoder: a save_pretrained folder, or a registry URI models:/<name>/<version|latest>."""
+    grid_prompts: int = 8
+    """Validation prompts in the fixed-seed sample grid."""
+
+
+@dataclass
+class Config:
+    model: SDBaseConfig = field(default_factory=SDBaseConfig)
+    """Text encoder, UNet and diffusion settings."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Shared training-loop settings."""
+    data: DataSection = field(default_factory=DataSection)
+    """Which prepared datasets, tokenizer and VAE the job uses."""
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    """Ray Train workers and resources."""
+    run: RunSection = field(default_factory=RunSection)
+    """Run name (resume key) and storage."""
+    tracking: TrackingConfig = field(
+        default_factory=lambda: TrackingConfig(experiment="genops-base-models", registered_model="genops-sd-base")
+    )
+    """MLflow experiment, registry name and lineage."""
+
+
+def datasets(cfg: Config) -> list[str]:
+    return list(cfg.data.datasets)
+
+
+def pyfunc_model():
+    from training_jobs.pyfunc_models import TextToImageModel
+
+    return TextToImageModel()
+
+
+def train(config: dict) -> None:
+    cfg = from_dict(Config, config)
+    ctx = worker_context(cfg.tracking, cfg.run.storage_path, cfg.run.name)
+
+    # setup
+    tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
+    vae = load_autoencoder(resolve_model_path(cfg.data.vae, cfg.tracking.tracking_uri)).to(ctx.device).eval()
+    vae.requires_grad_(False)
+    model_cfg = cfg.model
+    seed_everything(cfg.train.seed)
+    sd = SDBase.from_config(model_cfg, tokenizer)
+    if sd.latent_shape != latent_shape(vae):
+        raise ValueError(
+            f"model.unet (latent {sd.latent_shape}) does not fit the VAE at {cfg.data.vae} (latent {latent_shape(vae)}): set "
+            "model.unet.sample_size and model.unet.latent_channels from the VAE's config"
+        )
+    if cfg.train.gradient_checkpointing:
+        sd.enable_gradient_checkpointing()
+    model = prepare_model(sd)
+    optimizer = build_optimizer(model.parameters(), cfg.train)
+    scheduler = build_lr_scheduler(optimizer, cfg.train)
+    ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    start = resume_step(ctx, model, optimizer, scheduler, ema)
+    seed_everything(cfg.train.seed + 1000 * ctx.rank + start)
+    noise = torch.Generator(ctx.device).manual_seed(cfg.train.seed + 1000 * ctx.rank + start)
+    dropout = torch.Generator().manual_seed(cfg.train.seed + 7 + 1000 * ctx.rank + start)
+    root = Path(cfg.data.prepared_root)
+    decode = pair_decoder(vae.config.sample_size)
+    batches = batch_stream(shard_paths(root, cfg.data.datasets, "train"), decode, collate_pairs, cfg.train.batch_size,
+                           seed=cfg.train.seed + start, rank=ctx.rank, world_size=ctx.world_size,
+                           workers=cfg.train.dataloader_workers)
+    val = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode, max(cfg.data.grid_prompts, 2)))
+
+    def compute_losses(batch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            latents = encode_latents(vae, batch["pixels"].to(ctx.device), generator=noise)  # (B, C, h, w)
+        captions = drop_captions(batch["caption"], model_cfg.diffusion.condition_dropout, generator=dropout)
+        input_ids, attention_mask = unwrap(model).tokenize(captions)
+        return model(latents, input_ids, attention_mask, generator=noise)
+
+    def save(path: Path, step: int, export: bool = False) -> None:
+        TrainState.save(path, step, model, optimizer, scheduler, ema)
+        if export:
+            final = SDBase.from_config(model_cfg, tokenizer)
+            final.load_state_dict(export_state_dict(model, ema))
+            final.save_pretrained(path / "export", vae=vae)
+
+    # train
+    window = MetricWindow(cfg.train.batch_size * cfg.train.grad_accum_steps * ctx.world_size)
+    for step in range(start, cfg.train.steps):
+        grad_norm = train_step(model, batches, compute_losses, optimizer, scheduler, ema, cfg.train, ctx.device, window)
+        done = step + 1
+        if due(done, cfg.train.log_every, cfg.train.steps):
+            ctx.log.metrics({**window.flush(), "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, done)
+        if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < cfg.train.steps and ctx.is_main:
+            _log_samples(model, ema, vae, val["caption"][: cfg.data.grid_prompts], ctx, done)
+        if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
+            report(ctx, {"step": done}, lambda path: save(path, done))
+
+    # save: validation loss at fixed noise with the EMA weights, a final sample grid, the export
+    final_metrics: dict[str, float] = {"step": cfg.train.steps}
+    if ctx.is_main:
+        with torch.no_grad(), evaluation_weights(model, ema) as module:
+            module.eval()
+            fixed = torch.Generator(ctx.device).manual_seed(0)
+            latents = encode_latents(vae, val["pixels"].to(ctx.device), generator=fixed)
+            losses = module(latents, *module.tokenize(val["caption"]), generator=fixed)
+        final_metrics.update({"val/loss": float(losses["loss"]), "val/mse": float(losses["mse"])})
+        ctx.log.metrics(final_metrics, cfg.train.steps)
+        _log_samples(model, ema, vae, val["caption"][: cfg.data.grid_prompts], ctx, cfg.train.steps)
+        ctx.log.text("\n".join(val["caption"][: cfg.data.grid_prompts]), "samples/prompts.txt")
+    report(ctx, final_metrics, lambda path: save(path, cfg.train.steps, export=True))
+
+
+@torch.no_grad()
+def _log_samples(model, ema, vae, prompts: list[str], ctx, step: int) -> None:
+    """A fixed-seed grid of the validation prompts (same noise every time, so grids compare across steps)."""
+    with evaluation_weights(model, ema) as module:
+        module.eval()
+        pixels = module.generate(prompts, vae, generator=torch.Generator(ctx.device).manual_seed(0))
+        module.train()
+    ctx.log.image(image_grid(pixels, columns=min(4, len(prompts))), f"samples/grid_step{step:06d}.png")
