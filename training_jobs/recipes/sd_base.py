@@ -19,7 +19,9 @@ from transformers import AutoTokenizer
 from components.config import from_dict
 from components.data.training_data import collate_pairs, image_grid, pair_decoder
 from components.diffusion import drop_captions
-from components.models.autoencoder import encode_latents, latent_shape, load_autoencoder
+from components.data.scene import Scene
+from components.metrics.faithfulness import NamedObject, text_faithfulness
+from components.models.autoencoder import encode_latents, latent_shape, load_autoencoder, pixels_to_images
 from components.models.sd_base import SDBase, SDBaseConfig
 from training_jobs.data_loading import batch_stream, first_samples, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
@@ -56,6 +58,8 @@ class DataSection:
     """The frozen autoencoder: a save_pretrained folder, or a registry URI models:/<name>/<version|latest>."""
     grid_prompts: int = 8
     """Validation prompts in the fixed-seed sample grid."""
+    eval_prompts: int = 32
+    """Validation prompts whose samples are checked against the scene ground truth at the end (0: skip)."""
 
 
 @dataclass
@@ -117,7 +121,8 @@ def train(config: dict) -> None:
     batches = batch_stream(shard_paths(root, cfg.data.datasets, "train"), decode, collate_pairs, cfg.train.batch_size,
                            seed=cfg.train.seed + start, rank=ctx.rank, world_size=ctx.world_size,
                            workers=cfg.train.dataloader_workers)
-    val = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode, max(cfg.data.grid_prompts, 2)))
+    val_count = max(cfg.data.grid_prompts, cfg.data.eval_prompts, 2)
+    val = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode, val_count))
 
     def compute_losses(batch) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -153,11 +158,36 @@ def train(config: dict) -> None:
             fixed = torch.Generator(ctx.device).manual_seed(0)
             latents = encode_latents(vae, val["pixels"].to(ctx.device), generator=fixed)
             losses = module(latents, *module.tokenize(val["caption"]), generator=fixed)
-        final_metrics.update({"val/loss": float(losses["loss"]), "val/mse": float(losses["mse"])})
+            final_metrics.update({"val/loss": float(losses["loss"]), "val/mse": float(losses["mse"])})
+            final_metrics.update(_prompt_following(module, vae, val, cfg.data.eval_prompts, ctx.device))
         ctx.log.metrics(final_metrics, cfg.train.steps)
         _log_samples(model, ema, vae, val["caption"][: cfg.data.grid_prompts], ctx, cfg.train.steps)
         ctx.log.text("\n".join(val["caption"][: cfg.data.grid_prompts]), "samples/prompts.txt")
     report(ctx, final_metrics, lambda path: save(path, cfg.train.steps, export=True))
+
+
+@torch.no_grad()
+def _prompt_following(module: SDBase, vae, val: dict, count: int, device: torch.device) -> dict[str, float]:
+    """Do samples follow their prompts? Text faithfulness of generated images against the validation
+    captions' scene ground truth (object / attribute / location precision), beside the same metric
+    on the real validation images as the detector's ceiling."""
+    named = [[NamedObject.from_scene_object(o) for o in Scene.from_json(gt["scene"]).objects]
+             if gt and "scene" in gt else [] for gt in val["groundtruth"][:count]]
+    keep = [i for i, objects in enumerate(named) if objects]
+    if not keep:
+        return {}
+    prompts = [val["caption"][i] for i in keep]
+    generated = pixels_to_images(module.generate(prompts, vae, generator=torch.Generator(device).manual_seed(1)))
+    real = pixels_to_images(val["pixels"][keep])
+    objects = [named[i] for i in keep]
+    ours, ceiling = text_faithfulness(generated, objects), text_faithfulness(real, objects)
+    return {
+        "eval/object_precision": ours.object_precision,
+        "eval/attribute_precision": ours.attribute_precision,
+        "eval/location_precision": ours.location_precision or 0.0,
+        "eval/all_precision": ours.all_precision,
+        "eval/real_images_all_precision": ceiling.all_precision,
+    }
 
 
 @torch.no_grad()
