@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -36,8 +36,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2, sort_keys: bool = True) -> Path:
+    """UTF-8 JSON (keys sorted unless the caller's order matters; paths and dates as strings)."""
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str)
+    return atomic_write_text(path, text + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """One compact JSON object per line, keys sorted, UTF-8."""
+    lines = (json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str) for row in rows)
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 @contextlib.contextmanager

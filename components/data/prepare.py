@@ -34,7 +34,7 @@ from components.data.validation import (
     validate_locally,
     validate_records,
 )
-from components.fileio import atomic_directory, atomic_write_json, atomic_write_text
+from components.fileio import atomic_directory, atomic_write_json, atomic_write_jsonl
 
 SPLITS = ("train", "val", "test", "holdout")
 NOUN_COUNTER = "wordnet-lexicon (approximate POS; components/data/text_stats.py)"
@@ -102,10 +102,6 @@ def _quarantine_line(verdict: Verdict, root: Path) -> dict[str, Any]:
     return line
 
 
-def _jsonl(lines: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n" for line in lines)
-
-
 @dataclass
 class ValidationSummary:
     dataset: str
@@ -137,8 +133,8 @@ def validate_corpus(
     root = given_root.resolve()
     result: ValidationResult = validate_records(records, cfg, engine=engine, progress=progress)
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "records.jsonl", _jsonl(_verdict_line(v, root) for v in result.kept))
-    atomic_write_text(out_dir / "quarantine.jsonl", _jsonl(_quarantine_line(v, root) for v in result.quarantined))
+    atomic_write_jsonl(out_dir / "records.jsonl", (_verdict_line(v, root) for v in result.kept))
+    atomic_write_jsonl(out_dir / "quarantine.jsonl", (_quarantine_line(v, root) for v in result.quarantined))
     atomic_write_json(
         out_dir / "validation.json",
         {
@@ -248,7 +244,7 @@ def prepare_dataset(
     shard_counts: dict[str, int] = {}
 
     if entries and all(isinstance(e.record, PromptRecord) for e in entries):
-        atomic_write_text(out_dir / "prompts.jsonl", _jsonl(record_to_json(e.record) for e in entries))
+        atomic_write_jsonl(out_dir / "prompts.jsonl", (record_to_json(e.record) for e in entries))
         counts["prompts"] = len(entries)
         manifest["prompts"] = {"file": "prompts.jsonl", "count": len(entries)}
     else:

@@ -24,10 +24,10 @@ from components.data.formats.files import (
     single_file,
     under,
     utf8_problem,
-    write_text_atomic,
 )
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import CaptionImagePair, ReadFailure
+from components.fileio import atomic_write_text
 
 SOURCE = "cc3m"
 HEADER = ("caption", "image_path")
@@ -93,5 +93,5 @@ def write_cc3m(tsv: Path, pairs: Iterable[CaptionImagePair]) -> Path:
                 f"caption of {pair.id!r} holds a tab or newline, which the CC3M TSV cannot store"
             )
         rows.append(f"{pair.caption}\t{relative_posix(pair.image_path, tsv.parent, f'image of {pair.id!r}')}")
-    write_text_atomic(tsv, "\n".join(rows) + "\n")
+    atomic_write_text(tsv, "\n".join(rows) + "\n")
     return tsv

@@ -1,8 +1,6 @@
-"""File handling shared by every format module: atomic writes, strict text decoding, locating inputs.
+"""File handling shared by every format module: strict text decoding, locating inputs.
 
-Writes go to a temporary file in the destination folder and are moved into place with
-`os.replace`, so a reader never sees half a file (no fsync: the guarantee is against a crashed
-process, not a power cut).
+Writers use `components.fileio` (temporary file + `os.replace`), so a reader never sees half a file.
 
 Text is decoded as UTF-8 with `surrogateescape`: bytes that are not UTF-8 survive as lone
 surrogates, so one bad line or field can be reported (`utf8_problem`) while the rest of the file
@@ -12,45 +10,11 @@ of mojibake.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any
 
 _SURROGATES = re.compile("[\udc80-\udcff]")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` as UTF-8 (no newline translation) atomically."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, obj: Any, indent: int | None = 2, sort_keys: bool = True) -> None:
-    """Write `obj` as UTF-8 JSON (keys sorted unless the caller's order matters) atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n")
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write one compact JSON object per line (sorted keys) atomically."""
-    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")) for row in rows]
-    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def decode_text(data: bytes) -> str:

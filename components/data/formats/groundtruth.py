@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from components.data.formats.files import absolute, under, write_jsonl_atomic
+from components.data.formats.files import absolute, under
+from components.fileio import atomic_write_jsonl
 
 GROUNDTRUTH_FILE = "groundtruth.jsonl"
 
@@ -76,5 +77,5 @@ def load_groundtruth(folder: Path) -> GroundTruth:
 def write_groundtruth(folder: Path, rows: list[dict[str, Any]]) -> Path:
     """Write `rows` as the folder's groundtruth.jsonl (sorted keys, one row per line) atomically."""
     path = Path(folder) / GROUNDTRUTH_FILE
-    write_jsonl_atomic(path, rows)
+    atomic_write_jsonl(path, rows)
     return path

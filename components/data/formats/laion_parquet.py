@@ -31,16 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from components.data.formats.files import (
-    absolute,
-    require_dir,
-    utf8_problem,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+from components.data.formats.files import absolute, require_dir, utf8_problem
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import CaptionImagePair, ReadFailure
+from components.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SOURCE = "laion-parquet"
 REQUIRED = ("key", "status", "caption")
@@ -175,9 +169,9 @@ def write_laion_shard(root: Path, shard: int, rows: Sequence[Img2DatasetRow]) ->
                 "exif": "{}",
                 "sha256": sha256,
             }
-            write_bytes_atomic(root / name / f"{row.key}.jpg", row.image_jpeg)
-            write_text_atomic(root / name / f"{row.key}.txt", row.caption)
-            write_json_atomic(root / name / f"{row.key}.json", meta)
+            atomic_write_bytes(root / name / f"{row.key}.jpg", row.image_jpeg)
+            atomic_write_text(root / name / f"{row.key}.txt", row.caption)
+            atomic_write_json(root / name / f"{row.key}.json", meta)
         for column, value in (
             ("url", row.url),
             ("caption", row.caption),
@@ -196,7 +190,7 @@ def write_laion_shard(root: Path, shard: int, rows: Sequence[Img2DatasetRow]) ->
     buffer = io.BytesIO()
     pq.write_table(pa.table(columns, schema=SCHEMA), buffer)
     path = root / f"{name}.parquet"
-    write_bytes_atomic(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     stats = {
         "count": len(rows),
         "successes": status_counts.get("success", 0),
@@ -204,5 +198,5 @@ def write_laion_shard(root: Path, shard: int, rows: Sequence[Img2DatasetRow]) ->
         "failed_to_resize": status_counts.get("failed_to_resize", 0),
         "status_dict": status_counts,
     }
-    write_text_atomic(root / f"{name}_stats.json", json.dumps(stats, indent=4, sort_keys=True) + "\n")
+    atomic_write_text(root / f"{name}_stats.json", json.dumps(stats, indent=4, sort_keys=True) + "\n")
     return path

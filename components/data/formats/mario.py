@@ -39,17 +39,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from components.data.formats.files import (
-    absolute,
-    decode_text,
-    printable,
-    require_dir,
-    utf8_problem,
-    write_bytes_atomic,
-    write_text_atomic,
-)
+from components.data.formats.files import absolute, decode_text, printable, require_dir, utf8_problem
 from components.data.formats.groundtruth import GroundTruth, load_groundtruth
 from components.data.records import ReadFailure, TextRichImage, WordBox
+from components.fileio import atomic_write_bytes, atomic_write_text
 
 SOURCE = "mario"
 OCR_FRAME = 512
@@ -216,10 +209,10 @@ def write_mario_sample(
             raise ValueError(f"sample {key}: OCR word {word.text!r} must be non-empty and hold no whitespace")
         frame = [round(v * OCR_FRAME / (width if i % 2 == 0 else height)) for i, v in enumerate(word.quad)]
         lines.append(f"{word.text} {','.join(str(v) for v in frame)} {word.confidence!r}\n")
-    write_bytes_atomic(sample / "image.jpg", image_jpeg)
-    write_text_atomic(sample / "caption.txt", caption)
-    write_text_atomic(sample / "ocr.txt", "".join(lines))
-    write_text_atomic(sample / "info.json", json.dumps(info, ensure_ascii=False))
+    atomic_write_bytes(sample / "image.jpg", image_jpeg)
+    atomic_write_text(sample / "caption.txt", caption)
+    atomic_write_text(sample / "ocr.txt", "".join(lines))
+    atomic_write_text(sample / "info.json", json.dumps(info, ensure_ascii=False))
     if charseg is not None:
         if charseg.ndim != 2 or not np.issubdtype(charseg.dtype, np.integer):
             raise ValueError(
@@ -227,5 +220,5 @@ def write_mario_sample(
             )
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(charseg, dtype=np.int64), allow_pickle=False)
-        write_bytes_atomic(sample / "charseg.npy", buffer.getvalue())
+        atomic_write_bytes(sample / "charseg.npy", buffer.getvalue())
     return sample

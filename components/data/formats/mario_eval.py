@@ -23,9 +23,10 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from components.data.formats.files import absolute, decode_text, printable, utf8_problem, write_text_atomic
+from components.data.formats.files import absolute, decode_text, printable, utf8_problem
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import PromptRecord, ReadFailure
+from components.fileio import atomic_write_text
 
 SOURCE = "mario-eval"
 _QUOTED = re.compile(r"'(.*?)'")
@@ -87,5 +88,5 @@ def write_mario_eval(root: Path, subset: str, prompts: Iterable[str]) -> Path:
                 f"prompt {index} of {subset!r} holds a newline; MARIO-Eval stores one prompt per line"
             )
     path = Path(root) / subset / f"{subset}.txt"
-    write_text_atomic(path, "".join(p + "\n" for p in prompts))
+    atomic_write_text(path, "".join(p + "\n" for p in prompts))
     return path

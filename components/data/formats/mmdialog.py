@@ -23,9 +23,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from components.data.formats.files import absolute, decode_text, printable, utf8_problem, write_text_atomic
+from components.data.formats.files import absolute, decode_text, printable, utf8_problem
 from components.data.formats.groundtruth import GroundTruth, load_groundtruth
 from components.data.records import ReadFailure, Story, StoryStep
+from components.fileio import atomic_write_text
 
 SOURCE = "mmdialog"
 TEXT, MEDIA = "__TEXT__", "__MEDIA__"
@@ -136,5 +137,5 @@ def write_mmdialog(path: Path, stories: Iterable[Story]) -> Path:
         lines.append(
             json.dumps({"conversation_id": conversation_id, "conversation": turns}, ensure_ascii=False)
         )
-    write_text_atomic(path, "".join(line + "\n" for line in lines))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
     return path

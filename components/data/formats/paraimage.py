@@ -26,10 +26,10 @@ from components.data.formats.files import (
     single_file,
     under,
     utf8_problem,
-    write_json_atomic,
 )
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import CaptionImagePair, ReadFailure
+from components.fileio import atomic_write_json
 
 SOURCE = "paraimage"
 
@@ -101,5 +101,5 @@ def write_paraimage(path: Path, pairs: Iterable[CaptionImagePair]) -> Path:
         }
         for p in pairs
     ]
-    write_json_atomic(path, entries)
+    atomic_write_json(path, entries)
     return path

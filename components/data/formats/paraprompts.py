@@ -20,9 +20,10 @@ import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from components.data.formats.files import decode_text, printable, single_file, utf8_problem, write_text_atomic
+from components.data.formats.files import decode_text, printable, single_file, utf8_problem
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import PromptRecord, ReadFailure
+from components.fileio import atomic_write_text
 
 SOURCE = "paraprompts"
 COLUMNS = ("Image", "Prompt", "Category", "Prompt_Chinese")
@@ -82,5 +83,5 @@ def write_paraprompts(path: Path, prompts: Iterable[PromptRecord]) -> Path:
     writer.writerow(COLUMNS)
     for p in prompts:
         writer.writerow([p.id, p.prompt, p.category or "", p.extra.get("prompt_chinese", "")])
-    write_text_atomic(Path(path), out.getvalue())
+    atomic_write_text(Path(path), out.getvalue())
     return Path(path)

@@ -29,10 +29,10 @@ from components.data.formats.files import (
     require_dir,
     under,
     utf8_problem,
-    write_json_atomic,
 )
 from components.data.formats.groundtruth import GroundTruth, load_groundtruth
 from components.data.records import ReadFailure, Story, StoryStep
+from components.fileio import atomic_write_json
 
 SOURCE = "vist"
 STORY_SUFFIX = "_cleaned.json"
@@ -156,6 +156,6 @@ def write_vist(folder: Path, split: str, stories: Iterable[Story]) -> tuple[Path
             entries.append({"caption": step.text, "image_id": image_id, "sequence_index": index})
         cleaned[story.id] = entries
     story_file, mapping_file = folder / f"{split}{STORY_SUFFIX}", folder / f"{split}{MAPPING_SUFFIX}"
-    write_json_atomic(story_file, cleaned, sort_keys=False)
-    write_json_atomic(mapping_file, mapping, sort_keys=False)
+    atomic_write_json(story_file, cleaned, sort_keys=False)
+    atomic_write_json(mapping_file, mapping, sort_keys=False)
     return story_file, mapping_file

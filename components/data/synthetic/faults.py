@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.data.formats.files import write_bytes_atomic
+from components.fileio import atomic_write_bytes
 
 FAULT_KINDS = (
     "corrupt_jpeg",
@@ -96,17 +96,17 @@ def damage_image(path: Path, kind: str, duplicate_of: Path | None, small_jpeg: b
     `duplicate_of` is the earlier image a duplicate copies; `small_jpeg` what a small image becomes.
     """
     if kind == "corrupt_jpeg":
-        write_bytes_atomic(path, corrupt_jpeg_bytes(path.read_bytes()))
+        atomic_write_bytes(path, corrupt_jpeg_bytes(path.read_bytes()))
         return "image bytes replaced by a JPEG marker and garbage"
     if kind == "missing_image":
         path.unlink()
         return "image file deleted"
     if kind == "small_image":
-        write_bytes_atomic(path, small_jpeg)
+        atomic_write_bytes(path, small_jpeg)
         return f"image replaced by a {SMALL_IMAGE_SIDE}x{SMALL_IMAGE_SIDE} px JPEG"
     if kind == "duplicate_image":
         if duplicate_of is None:
             raise ValueError("duplicate_image needs the earlier image to copy")
-        write_bytes_atomic(path, duplicate_of.read_bytes())
+        atomic_write_bytes(path, duplicate_of.read_bytes())
         return f"byte copy of {duplicate_of.parent.name}/{duplicate_of.name}"
     raise ValueError(f"{kind!r} is not an image-file fault")

@@ -43,7 +43,6 @@ from PIL import Image
 
 from components.config import to_dict
 from components.data.formats.cc3m import write_cc3m
-from components.data.formats.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from components.data.formats.groundtruth import write_groundtruth
 from components.data.formats.laion_parquet import Img2DatasetRow, write_laion_shard
 from components.data.formats.mario import write_mario_sample
@@ -71,6 +70,7 @@ from components.data.synthetic.textrich import (
     sample_layout,
     textrich_caption,
 )
+from components.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 MANIFEST = "world_manifest.json"
 STORY_STEPS = 5
@@ -207,7 +207,7 @@ class DatasetBuild:
 
     def save_image(self, relative: str, image: Image.Image | bytes) -> Path:
         path = self.folder / relative
-        write_bytes_atomic(path, image if isinstance(image, bytes) else self.jpeg(image))
+        atomic_write_bytes(path, image if isinstance(image, bytes) else self.jpeg(image))
         return path.absolute()
 
     def unique(self, sample: Callable[[], T], draw: Callable[[T], Image.Image]) -> tuple[T, bytes]:
@@ -450,7 +450,7 @@ def build_mmdialog(b: DatasetBuild) -> int:
                 "line cut in half",
                 first_row,
             )
-        write_text_atomic(conversations, "\n".join(lines))
+        atomic_write_text(conversations, "\n".join(lines))
     return b.count
 
 
@@ -495,7 +495,7 @@ def build_mario_laion(b: DatasetBuild) -> int:
         if kind == "empty_caption":
             b.fault(kind, f"{sample_dir}/caption.txt", record_id, "caption.txt is empty", row)
         elif kind == "non_utf8_caption":
-            write_bytes_atomic(sample / "caption.txt", (caption + NON_UTF8_SUFFIX).encode("latin-1"))
+            atomic_write_bytes(sample / "caption.txt", (caption + NON_UTF8_SUFFIX).encode("latin-1"))
             b.fault(
                 kind,
                 f"{sample_dir}/caption.txt",
@@ -602,7 +602,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path, progress: Progress | None = 
         "injected_faults": [f.to_json() for f in faults],
     }
     manifest_path = out_dir / MANIFEST
-    write_json_atomic(manifest_path, manifest)
+    atomic_write_json(manifest_path, manifest)
     return WorldSummary(
         out_dir, cfg.seed, summaries, tuple(faults), manifest_path, time.perf_counter() - start
     )
