@@ -5,7 +5,7 @@ These are the commands the DVC stages run (see dvc.yaml), and what a user runs o
 
 from __future__ import annotations
 
-import json
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -14,6 +14,8 @@ import typer
 
 app = typer.Typer(help="Data platform: synthetic world, validation and quarantine, shards, tokenizer.", no_args_is_help=True)
 
+# Progress bars redraw at most every 0.1 s on a terminal, every 5 s into a log file (DVC, Dagster).
+_REFRESH = 0.1 if sys.stderr.isatty() else 5.0
 PARAMS_HELP = "Data pipeline config (values for components.data.pipeline_config.DataConfig)."
 
 
@@ -76,7 +78,10 @@ def generate(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the `world` section, e.g. seed=3"),
 ) -> None:
     """Generate the synthetic world: every dataset in its real public format, with ground truth beside it."""
+    from collections import Counter
+
     from rich.console import Console
+    from rich.table import Table
     from tqdm import tqdm
 
     from components.data.synthetic import generate_world
@@ -87,22 +92,21 @@ def generate(
     def progress(dataset: str, done: int, total: int) -> None:
         bar = bars.get(dataset)
         if bar is None:
-            bar = bars[dataset] = tqdm(total=total, desc=dataset, unit="sample", leave=False)
-        bar.n = done
-        bar.refresh()
+            bar = bars[dataset] = tqdm(total=total, desc=dataset, unit="sample", leave=False, mininterval=_REFRESH)
+        bar.update(done - bar.n)
 
     summary = generate_world(cfg.world, out, progress=progress)
     for bar in bars.values():
         bar.close()
+    faults = Counter(f.dataset for f in summary.injected_faults)
+    table = Table(title=f"synthetic world, seed {summary.seed}")
+    for col in ("dataset", "format", "records", "images", "injected faults"):
+        table.add_column(col, justify="left" if col in ("dataset", "format") else "right")
+    for name, dataset in summary.datasets.items():
+        table.add_row(name, dataset.format, str(dataset.records), str(dataset.images), str(faults.get(name, 0)))
     console = Console()
-    console.print(f"[bold]synthetic world[/] (seed {cfg.world.seed}) written to {out}")
-    console.print(json.dumps(_plain(summary), indent=1, default=str))
-
-
-def _plain(summary):
-    import dataclasses
-
-    return dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else summary
+    console.print(table)
+    console.print(f"{summary.records} records in {summary.seconds:.0f}s -> {out} (manifest: {summary.manifest_path})")
 
 
 @app.command()
@@ -129,7 +133,7 @@ def _run_validation(dataset, fmt, src, out, vcfg, engine):
     from components.data.prepare import validate_corpus
     from components.data.validation import DataQualityError
 
-    with tqdm(desc=f"validating {dataset}", unit="record") as bar:
+    with tqdm(desc=f"validating {dataset}", unit="record", mininterval=_REFRESH) as bar:
         try:
             return validate_corpus(
                 read_corpus(fmt, src), out, dataset=dataset, fmt=fmt, source=src, cfg=vcfg,
