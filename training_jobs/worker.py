@@ -15,6 +15,17 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from training_jobs.loop import (
+    ExponentialMovingAverage,
+    MetricWindow,
+    TrainConfig,
+    TrainState,
+    build_lr_scheduler,
+    build_optimizer,
+    due,
+    seed_everything,
+    train_step,
+)
 from training_jobs.tracking import RunLogger, TrackingConfig
 
 SCRATCH_DIR = ".scratch"
@@ -90,11 +101,68 @@ def resume_step(ctx: WorkerContext, model: nn.Module, optimizer, scheduler, ema)
 
     A resumed job says so in its run: metric `resumed_from_step`.
     """
-    from training_jobs.loop import TrainState
-
     with resume_checkpoint() as checkpoint:
         if checkpoint is None:
             return 0
         step = TrainState.load(checkpoint, model, optimizer, scheduler, ema)
     ctx.log.metrics({"resumed_from_step": step}, step)
     return step
+
+
+@dataclass
+class TrainingRun:
+    """A recipe's model wrapped for this worker, with its optimizer, schedule, EMA and start step."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: ExponentialMovingAverage | None
+    start: int
+
+    def save(self, path: Path, step: int) -> None:
+        """Write the resumable state (weights, EMA, optimizer, schedule, RNG, step) to a checkpoint folder."""
+        TrainState.save(path, step, self.model, self.optimizer, self.scheduler, self.ema)
+
+
+def start_training(ctx: WorkerContext, module: nn.Module, cfg: TrainConfig) -> TrainingRun:
+    """Wrap `module` for DDP, build optimizer/schedule/EMA, resume a relaunched job, and seed this rank.
+
+    Build `module` after `seed_everything(cfg.seed)` so every rank starts from the same weights; data
+    order and noise are then seeded per rank (and per resume point, so a resumed run does not replay).
+    """
+    if cfg.gradient_checkpointing:
+        enable = getattr(module, "enable_gradient_checkpointing", None)
+        if enable is None:
+            raise ValueError(f"train.gradient_checkpointing=true but {type(module).__name__} does not support it")
+        enable()
+    model = prepare_model(module)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    scheduler = build_lr_scheduler(optimizer, cfg)
+    ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    start = resume_step(ctx, model, optimizer, scheduler, ema)
+    seed_everything(cfg.seed + 1000 * ctx.rank + start)
+    return TrainingRun(model, optimizer, scheduler, ema, start)
+
+
+def run_steps(
+    ctx: WorkerContext,
+    run: TrainingRun,
+    batches: Iterator,
+    compute_losses: Callable[[object], dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+    on_sample: Callable[[int], None] | None = None,
+) -> None:
+    """Train from `run.start` to `cfg.steps`: log every `log_every`, call `on_sample` (rank 0) every
+    `sample_every`, and report a resumable checkpoint every `checkpoint_every` steps (the final
+    checkpoint, with the export, is the recipe's to report)."""
+    window = MetricWindow(cfg.batch_size * cfg.grad_accum_steps * ctx.world_size)
+    for step in range(run.start, cfg.steps):
+        grad_norm = train_step(run.model, batches, compute_losses, run.optimizer, run.scheduler, run.ema, cfg,
+                               ctx.device, window)
+        done = step + 1
+        if due(done, cfg.log_every, cfg.steps):
+            ctx.log.metrics({**window.flush(), "train/lr": run.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, done)
+        if on_sample is not None and cfg.sample_every and done % cfg.sample_every == 0 and done < cfg.steps and ctx.is_main:
+            on_sample(done)
+        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            report(ctx, {"step": done}, lambda path: run.save(path, done))

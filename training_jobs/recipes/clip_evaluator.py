@@ -21,22 +21,9 @@ from components.data.training_data import collate_pairs, pair_decoder
 from components.models.clip_evaluator import ClipEvaluator, ClipEvaluatorConfig
 from training_jobs.data_loading import batch_stream, first_samples, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
-from training_jobs.loop import (
-    ExponentialMovingAverage,
-    MetricWindow,
-    TrainConfig,
-    TrainState,
-    build_lr_scheduler,
-    build_optimizer,
-    due,
-    evaluation_weights,
-    export_state_dict,
-    seed_everything,
-    train_step,
-    unwrap,
-)
+from training_jobs.loop import TrainConfig, evaluation_weights, export_state_dict, seed_everything, unwrap
 from training_jobs.tracking import TrackingConfig
-from training_jobs.worker import prepare_model, report, resume_step, worker_context
+from training_jobs.worker import report, run_steps, start_training, worker_context
 
 MODEL_CONFIG = "clip_evaluator"
 
@@ -100,17 +87,12 @@ def train(config: dict) -> None:
     # setup
     tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
     seed_everything(cfg.train.seed)
-    clip = ClipEvaluator.from_config(cfg.model, tokenizer)
-    model = prepare_model(clip)
-    optimizer = build_optimizer(model.parameters(), cfg.train)
-    scheduler = build_lr_scheduler(optimizer, cfg.train)
-    ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-    start = resume_step(ctx, model, optimizer, scheduler, ema)
-    seed_everything(cfg.train.seed + 1000 * ctx.rank + start)
+    run = start_training(ctx, ClipEvaluator.from_config(cfg.model, tokenizer), cfg.train)
+    model, ema = run.model, run.ema
     root = Path(cfg.data.prepared_root)
     decode = pair_decoder(cfg.model.vision.image_size)
     batches = batch_stream(shard_paths(root, cfg.data.datasets, cfg.data.train_split), decode, collate_pairs,
-                           cfg.train.batch_size, seed=cfg.train.seed + start, rank=ctx.rank,
+                           cfg.train.batch_size, seed=cfg.train.seed + run.start, rank=ctx.rank,
                            world_size=ctx.world_size, workers=cfg.train.dataloader_workers)
     val = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode, cfg.data.val_pairs))
 
@@ -118,22 +100,14 @@ def train(config: dict) -> None:
         input_ids, attention_mask = unwrap(model).tokenize(batch["caption"])
         return model(batch["pixels"].to(ctx.device), input_ids, attention_mask)
 
-    def save(path: Path, step: int, export: bool = False) -> None:
-        TrainState.save(path, step, model, optimizer, scheduler, ema)
-        if export:
-            final = ClipEvaluator.from_config(cfg.model, tokenizer)
-            final.load_state_dict(export_state_dict(model, ema))
-            final.save_pretrained(path / "export")
+    def save_final(path: Path) -> None:
+        run.save(path, cfg.train.steps)
+        final = ClipEvaluator.from_config(cfg.model, tokenizer)
+        final.load_state_dict(export_state_dict(model, ema))
+        final.save_pretrained(path / "export")
 
     # train
-    window = MetricWindow(cfg.train.batch_size * cfg.train.grad_accum_steps * ctx.world_size)
-    for step in range(start, cfg.train.steps):
-        grad_norm = train_step(model, batches, compute_losses, optimizer, scheduler, ema, cfg.train, ctx.device, window)
-        done = step + 1
-        if due(done, cfg.train.log_every, cfg.train.steps):
-            ctx.log.metrics({**window.flush(), "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, done)
-        if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
-            report(ctx, {"step": done}, lambda path: save(path, done))
+    run_steps(ctx, run, batches, compute_losses, cfg.train)
 
     # save: retrieval accuracy on validation pairs (chance is 1/N), then the export
     final_metrics: dict[str, float] = {"step": cfg.train.steps}
@@ -143,4 +117,4 @@ def train(config: dict) -> None:
             final_metrics["val/retrieval_top1"] = retrieval_accuracy(module, val["pixels"].to(ctx.device), val["caption"])
         final_metrics["val/chance"] = 1.0 / len(val["caption"])
         ctx.log.metrics(final_metrics, cfg.train.steps)
-    report(ctx, final_metrics, lambda path: save(path, cfg.train.steps, export=True))
+    report(ctx, final_metrics, save_final)

@@ -25,23 +25,10 @@ from components.models.autoencoder import encode_latents, latent_shape, load_aut
 from components.models.sd_base import SDBase, SDBaseConfig
 from training_jobs.data_loading import batch_stream, first_samples, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
-from training_jobs.loop import (
-    ExponentialMovingAverage,
-    MetricWindow,
-    TrainConfig,
-    TrainState,
-    build_lr_scheduler,
-    build_optimizer,
-    due,
-    evaluation_weights,
-    export_state_dict,
-    seed_everything,
-    train_step,
-    unwrap,
-)
+from training_jobs.loop import TrainConfig, evaluation_weights, export_state_dict, seed_everything, unwrap
 from training_jobs.model_inputs import resolve_model_path
 from training_jobs.tracking import TrackingConfig
-from training_jobs.worker import prepare_model, report, resume_step, worker_context
+from training_jobs.worker import report, run_steps, start_training, worker_context
 
 MODEL_CONFIG = "sd_base"
 
@@ -106,20 +93,14 @@ def train(config: dict) -> None:
             f"model.unet (latent {sd.latent_shape}) does not fit the VAE at {cfg.data.vae} (latent {latent_shape(vae)}): set "
             "model.unet.sample_size and model.unet.latent_channels from the VAE's config"
         )
-    if cfg.train.gradient_checkpointing:
-        sd.enable_gradient_checkpointing()
-    model = prepare_model(sd)
-    optimizer = build_optimizer(model.parameters(), cfg.train)
-    scheduler = build_lr_scheduler(optimizer, cfg.train)
-    ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-    start = resume_step(ctx, model, optimizer, scheduler, ema)
-    seed_everything(cfg.train.seed + 1000 * ctx.rank + start)
-    noise = torch.Generator(ctx.device).manual_seed(cfg.train.seed + 1000 * ctx.rank + start)
-    dropout = torch.Generator().manual_seed(cfg.train.seed + 7 + 1000 * ctx.rank + start)
+    run = start_training(ctx, sd, cfg.train)
+    model, ema = run.model, run.ema
+    noise = torch.Generator(ctx.device).manual_seed(cfg.train.seed + 1000 * ctx.rank + run.start)
+    dropout = torch.Generator().manual_seed(cfg.train.seed + 7 + 1000 * ctx.rank + run.start)
     root = Path(cfg.data.prepared_root)
     decode = pair_decoder(vae.config.sample_size)
     batches = batch_stream(shard_paths(root, cfg.data.datasets, "train"), decode, collate_pairs, cfg.train.batch_size,
-                           seed=cfg.train.seed + start, rank=ctx.rank, world_size=ctx.world_size,
+                           seed=cfg.train.seed + run.start, rank=ctx.rank, world_size=ctx.world_size,
                            workers=cfg.train.dataloader_workers)
     val_count = max(cfg.data.grid_prompts, cfg.data.eval_prompts, 2)
     val = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode, val_count))
@@ -131,24 +112,16 @@ def train(config: dict) -> None:
         input_ids, attention_mask = unwrap(model).tokenize(captions)
         return model(latents, input_ids, attention_mask, generator=noise)
 
-    def save(path: Path, step: int, export: bool = False) -> None:
-        TrainState.save(path, step, model, optimizer, scheduler, ema)
-        if export:
-            final = SDBase.from_config(model_cfg, tokenizer)
-            final.load_state_dict(export_state_dict(model, ema))
-            final.save_pretrained(path / "export", vae=vae)
+    def save_final(path: Path) -> None:
+        run.save(path, cfg.train.steps)
+        final = SDBase.from_config(model_cfg, tokenizer)
+        final.load_state_dict(export_state_dict(model, ema))
+        final.save_pretrained(path / "export", vae=vae)
 
     # train
-    window = MetricWindow(cfg.train.batch_size * cfg.train.grad_accum_steps * ctx.world_size)
-    for step in range(start, cfg.train.steps):
-        grad_norm = train_step(model, batches, compute_losses, optimizer, scheduler, ema, cfg.train, ctx.device, window)
-        done = step + 1
-        if due(done, cfg.train.log_every, cfg.train.steps):
-            ctx.log.metrics({**window.flush(), "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, done)
-        if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < cfg.train.steps and ctx.is_main:
-            _log_samples(model, ema, vae, val["caption"][: cfg.data.grid_prompts], ctx, done)
-        if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
-            report(ctx, {"step": done}, lambda path: save(path, done))
+    grid_prompts = val["caption"][: cfg.data.grid_prompts]
+    run_steps(ctx, run, batches, compute_losses, cfg.train,
+              on_sample=lambda step: _log_samples(model, ema, vae, grid_prompts, ctx, step))
 
     # save: validation loss at fixed noise with the EMA weights, a final sample grid, the export
     final_metrics: dict[str, float] = {"step": cfg.train.steps}
@@ -163,7 +136,7 @@ def train(config: dict) -> None:
         ctx.log.metrics(final_metrics, cfg.train.steps)
         _log_samples(model, ema, vae, val["caption"][: cfg.data.grid_prompts], ctx, cfg.train.steps)
         ctx.log.text("\n".join(val["caption"][: cfg.data.grid_prompts]), "samples/prompts.txt")
-    report(ctx, final_metrics, lambda path: save(path, cfg.train.steps, export=True))
+    report(ctx, final_metrics, save_final)
 
 
 @torch.no_grad()

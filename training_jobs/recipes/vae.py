@@ -27,21 +27,9 @@ from components.models.autoencoder import (
 )
 from training_jobs.data_loading import batch_stream, first_samples, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
-from training_jobs.loop import (
-    ExponentialMovingAverage,
-    MetricWindow,
-    TrainConfig,
-    TrainState,
-    build_lr_scheduler,
-    build_optimizer,
-    due,
-    evaluation_weights,
-    export_state_dict,
-    seed_everything,
-    train_step,
-)
+from training_jobs.loop import ExponentialMovingAverage, TrainConfig, evaluation_weights, export_state_dict, seed_everything
 from training_jobs.tracking import TrackingConfig
-from training_jobs.worker import prepare_model, report, resume_step, worker_context
+from training_jobs.worker import report, run_steps, start_training, worker_context
 
 MODEL_CONFIG = "vae"
 
@@ -90,43 +78,26 @@ def train(config: dict) -> None:
 
     # setup: identical initial weights on every rank, then rank-specific data order and noise
     seed_everything(cfg.train.seed)
-    vae = build_autoencoder(cfg.model)
-    if cfg.train.gradient_checkpointing:
-        vae.enable_gradient_checkpointing()
-    model = prepare_model(AutoencoderWithLoss(vae, cfg.model))
-    optimizer = build_optimizer(model.parameters(), cfg.train)
-    scheduler = build_lr_scheduler(optimizer, cfg.train)
-    ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-    start = resume_step(ctx, model, optimizer, scheduler, ema)
-    seed_everything(cfg.train.seed + 1000 * ctx.rank + start)
+    run = start_training(ctx, AutoencoderWithLoss(build_autoencoder(cfg.model), cfg.model), cfg.train)
+    model, ema = run.model, run.ema
     root = Path(cfg.data.prepared_root)
     decode = pair_decoder(cfg.model.sample_size)
     train_shards = shard_paths(root, cfg.data.datasets, "train")
-    batches = batch_stream(train_shards, decode, collate_pairs, cfg.train.batch_size, seed=cfg.train.seed + start,
+    batches = batch_stream(train_shards, decode, collate_pairs, cfg.train.batch_size, seed=cfg.train.seed + run.start,
                            rank=ctx.rank, world_size=ctx.world_size, workers=cfg.train.dataloader_workers)
     val_pixels = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode,
                                              cfg.data.grid_images))["pixels"].to(ctx.device)
 
-    def save(path: Path, step: int, scaling_factor: float | None = None) -> None:
-        TrainState.save(path, step, model, optimizer, scheduler, ema)
-        if scaling_factor is not None:
-            final = build_autoencoder(cfg.model)
-            final.load_state_dict(_weights(model, ema))
-            set_scaling_factor(final, scaling_factor)
-            save_autoencoder(final, path / "export")
+    def save_final(path: Path, scaling_factor: float) -> None:
+        run.save(path, cfg.train.steps)
+        final = build_autoencoder(cfg.model)
+        final.load_state_dict(_weights(model, ema))
+        set_scaling_factor(final, scaling_factor)
+        save_autoencoder(final, path / "export")
 
     # train
-    window = MetricWindow(cfg.train.batch_size * cfg.train.grad_accum_steps * ctx.world_size)
-    for step in range(start, cfg.train.steps):
-        grad_norm = train_step(model, batches, lambda batch: model(batch["pixels"].to(ctx.device)),
-                               optimizer, scheduler, ema, cfg.train, ctx.device, window)
-        done = step + 1
-        if due(done, cfg.train.log_every, cfg.train.steps):
-            ctx.log.metrics({**window.flush(), "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, done)
-        if cfg.train.sample_every and done % cfg.train.sample_every == 0 and ctx.is_main:
-            _log_reconstructions(model, ema, val_pixels, ctx, done)
-        if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
-            report(ctx, {"step": done}, lambda path: save(path, done))
+    run_steps(ctx, run, batches, lambda batch: model(batch["pixels"].to(ctx.device)), cfg.train,
+              on_sample=lambda step: _log_reconstructions(model, ema, val_pixels, ctx, step))
 
     # save: measure the latent scaling factor and validation error with the final (EMA) weights, export
     final_metrics: dict[str, float] = {"step": cfg.train.steps}
@@ -144,7 +115,7 @@ def train(config: dict) -> None:
         final_metrics.update({"val/reconstruction": float(val["reconstruction"]), "scaling_factor": scaling_factor})
         ctx.log.metrics(final_metrics, cfg.train.steps)
         _log_reconstructions(model, ema, val_pixels, ctx, cfg.train.steps)
-    report(ctx, final_metrics, lambda path: save(path, cfg.train.steps, scaling_factor))
+    report(ctx, final_metrics, lambda path: save_final(path, scaling_factor))
 
 
 def _weights(model, ema: ExponentialMovingAverage | None) -> dict[str, torch.Tensor]:
