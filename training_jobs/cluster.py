@@ -26,6 +26,9 @@ def connect_ray(num_cpus: int | None = None) -> dict[str, float]:
             log.info("joining Ray cluster at RAY_ADDRESS=%s", address)
             ray.init(address=address, log_to_driver=False)
         else:
+            # Ray starts workers at niceness 15, so on a shared machine a training job would lose the CPU
+            # to any other process (the Dagster driver, a second terminal); here the job is the work.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(
                 num_cpus=num_cpus,
                 include_dashboard=False,
