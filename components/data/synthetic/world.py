@@ -314,59 +314,68 @@ def build_laion_short(b: DatasetBuild) -> int:
     return b.count
 
 
-def build_paraimage(b: DatasetBuild, small: bool) -> int:
-    kinds = (
-        () if small else ("empty_caption", "duplicate_image", "corrupt_jpeg", "missing_image", "small_image")
-    )
-    plan = plan_faults(b.rng, b.count, kinds, home=1, fraction=b.cfg.fault_fraction) if kinds else {}
+def build_caption_pairs(
+    b: DatasetBuild,
+    kinds: tuple[str, ...],
+    home: int,
+    scene_fn: Callable[[], Scene],
+    caption_fn: Callable[[Scene], str],
+    image_name: Callable[[int], str],
+    fault_ref: Callable[[int], str],
+    source: str,
+    write: Callable[[list[CaptionImagePair]], None],
+) -> int:
+    """One caption per image, written by `write` in one metadata file (ParaImage JSON, CC3M TSV)."""
+    plan = plan_faults(b.rng, b.count, kinds, home=home, fraction=b.cfg.fault_fraction) if kinds else {}
     pairs, pending = [], []
     for i in range(b.count):
-        scene, jpeg = b.unique(
-            lambda: clean_scene(b.rng) if small else sample_scene(b.rng, 1, 6),
-            lambda s: render_scene(s, b.cfg.image_size),
-        )
-        caption = paragraph(scene, b.rng, precise=small)
-        relative, record_id = f"images/{i:06d}.jpg", f"images/{i:06d}"
+        scene, jpeg = b.unique(scene_fn, lambda s: render_scene(s, b.cfg.image_size))
+        caption = caption_fn(scene)
+        relative = image_name(i)
+        record_id = relative.rsplit(".", 1)[0]
         path = b.save_image(relative, jpeg)
         row = {"id": record_id, "image": relative, "scene": scene.to_json(), "caption": caption}
         b.groundtruth.append(row)
         kind = plan.get(i)
         if kind == "empty_caption":
             caption = row["caption"] = ""
-            b.fault(kind, f"paraimage.json[{i}]", record_id, "caption is empty", row)
+            b.fault(kind, fault_ref(i), record_id, "caption is empty", row)
         elif kind is not None:
             pending.append((i, kind, path, record_id, row, scene))
-        pairs.append(CaptionImagePair(record_id, path, caption, source="paraimage"))
+        pairs.append(CaptionImagePair(record_id, path, caption, source=source))
         b.tick(i + 1)
-    write_paraimage(b.folder / "paraimage.json", pairs)
+    write(pairs)
     for i, kind, path, record_id, row, scene in pending:
         b.damage(kind, path, record_id, row, scene, pairs[clean_before(i, plan)].image_path)
     return b.count
+
+
+def build_paraimage(b: DatasetBuild, small: bool) -> int:
+    return build_caption_pairs(
+        b,
+        kinds=() if small else ("empty_caption", "duplicate_image", "corrupt_jpeg", "missing_image", "small_image"),
+        home=1,
+        scene_fn=lambda: clean_scene(b.rng) if small else sample_scene(b.rng, 1, 6),
+        caption_fn=lambda scene: paragraph(scene, b.rng, precise=small),
+        image_name=lambda i: f"images/{i:06d}.jpg",
+        fault_ref=lambda i: f"paraimage.json[{i}]",
+        source="paraimage",
+        write=lambda pairs: write_paraimage(b.folder / "paraimage.json", pairs),
+    )
 
 
 def build_cc3m(b: DatasetBuild) -> int:
-    kinds = ("duplicate_image", "small_image", "corrupt_jpeg", "missing_image", "empty_caption")
-    plan = plan_faults(b.rng, b.count, kinds, home=2, fraction=b.cfg.fault_fraction)
-    pairs, pending = [], []
-    for i in range(b.count):
-        scene, jpeg = b.unique(lambda: sample_scene(b.rng, 1, 3), lambda s: render_scene(s, b.cfg.image_size))
-        caption = cc3m_caption(scene, b.rng)
-        relative, record_id = f"train/{i:09d}.jpg", f"train/{i:09d}"
-        path = b.save_image(relative, jpeg)
-        row = {"id": record_id, "image": relative, "scene": scene.to_json(), "caption": caption}
-        b.groundtruth.append(row)
-        kind = plan.get(i)
-        if kind == "empty_caption":
-            caption = row["caption"] = ""
-            b.fault(kind, f"cc3m_train.tsv:{i + 2}", record_id, "caption is empty", row)
-        elif kind is not None:
-            pending.append((i, kind, path, record_id, row, scene))
-        pairs.append(CaptionImagePair(record_id, path, caption, source="cc3m"))
-        b.tick(i + 1)
-    write_cc3m(b.folder / "cc3m_train.tsv", pairs)
-    for i, kind, path, record_id, row, scene in pending:
-        b.damage(kind, path, record_id, row, scene, pairs[clean_before(i, plan)].image_path)
-    return b.count
+    return build_caption_pairs(
+        b,
+        kinds=("duplicate_image", "small_image", "corrupt_jpeg", "missing_image", "empty_caption"),
+        home=2,
+        scene_fn=lambda: sample_scene(b.rng, 1, 3),
+        caption_fn=lambda scene: cc3m_caption(scene, b.rng),
+        image_name=lambda i: f"train/{i:09d}.jpg",
+        fault_ref=lambda i: f"cc3m_train.tsv:{i + 2}",
+        source="cc3m",
+        write=lambda pairs: write_cc3m(b.folder / "cc3m_train.tsv", pairs),
+    )
 
 
 def build_vist(b: DatasetBuild) -> int:
