@@ -36,13 +36,13 @@ class AutoencoderConfig:
     # image side in pixels the autoencoder is trained at (square images)
     sample_size: int = 64
     # output channels of each encoder level; every level after the first halves the side
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    block_out_channels: tuple[int, ...] = (16, 32, 64)
     # ResNet blocks per encoder level (the decoder uses one more, as in diffusers)
     layers_per_block: int = 1
     # channels of the latent
     latent_channels: int = 4
-    # GroupNorm groups; must divide every entry of block_out_channels
-    norm_num_groups: int = 16
+    # GroupNorm groups; must divide every block_out_channels entry (one channel per group would erase colour)
+    norm_num_groups: int = 4
     # self-attention in the encoder and decoder mid blocks
     mid_block_add_attention: bool = True
     # per-pixel reconstruction loss: 'l1' (LDM's choice) or 'l2'
