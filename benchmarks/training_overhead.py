@@ -91,7 +91,7 @@ def bare_loop(profile: str, steps: int, tokenizer_path: Path, vae_path: Path, wa
 
     def compute_losses(b):
         with torch.no_grad():
-            latents = encode_latents(vae, b["pixels"], generator=noise)
+            latents = encode_latents(vae, b["pixels"])
         captions = drop_captions(b["caption"], cfg.model.diffusion.condition_dropout, generator=dropout)
         return model(latents, *model.tokenize(captions), generator=noise)
 

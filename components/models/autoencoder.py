@@ -181,10 +181,14 @@ def compute_scaling_factor(
     max_images: int = 512,
     generator: torch.Generator | None = None,
 ) -> float:
-    """1 / std of unscaled posterior samples over up to `max_images` images (LDM's `scale_by_std`).
+    """1 / std of the unscaled latents over up to `max_images` images (LDM's `scale_by_std`).
 
-    LDM takes the std of all latent elements of sampled z, so the diffusion model sees unit-variance
-    latents whatever the KL weight let the latent scale drift to.
+    The latents are the ones the diffusion model will see: posterior means without a `generator`
+    (what `encode_latents` gives without one, and what genops' diffusion recipes train on),
+    posterior samples with one (LDM's choice). Measure with the same convention the diffusion
+    training uses: a briefly trained small autoencoder can leave latent elements its decoder
+    ignores with a huge posterior variance (log-variance up to 17 was seen on the demo profile), and
+    samples of those are pure noise with a std of ~50 that would swamp the factor.
     """
     if max_images < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
@@ -192,7 +196,9 @@ def compute_scaling_factor(
     seen = 0
     for pixels in pixel_batches:
         pixels = pixels[: max_images - seen]
-        samples.append(vae.encode(pixels).latent_dist.sample(generator).flatten().double())
+        posterior = vae.encode(pixels).latent_dist
+        latents = posterior.sample(generator) if generator is not None else posterior.mode()  # (B, c, h, w)
+        samples.append(latents.flatten().double())
         seen += pixels.shape[0]
         if seen >= max_images:
             break

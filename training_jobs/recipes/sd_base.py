@@ -107,7 +107,8 @@ def train(config: dict) -> None:
 
     def compute_losses(batch) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            latents = encode_latents(vae, batch["pixels"].to(ctx.device), generator=noise)  # (B, C, h, w)
+            # posterior means: deterministic, and free of the variance of latent elements the decoder ignores
+            latents = encode_latents(vae, batch["pixels"].to(ctx.device))  # (B, C, h, w)
         captions = drop_captions(batch["caption"], model_cfg.diffusion.condition_dropout, generator=dropout)
         input_ids, attention_mask = unwrap(model).tokenize(captions)
         return model(latents, input_ids, attention_mask, generator=noise)
@@ -129,7 +130,7 @@ def train(config: dict) -> None:
         with torch.no_grad(), evaluation_weights(model, ema) as module:
             module.eval()
             fixed = torch.Generator(ctx.device).manual_seed(0)
-            latents = encode_latents(vae, val["pixels"].to(ctx.device), generator=fixed)
+            latents = encode_latents(vae, val["pixels"].to(ctx.device))
             losses = module(latents, *module.tokenize(val["caption"]), generator=fixed)
             final_metrics.update({"val/loss": float(losses["loss"]), "val/mse": float(losses["mse"])})
             final_metrics.update(_prompt_following(module, vae, val, cfg.data.eval_prompts, ctx.device))

@@ -109,7 +109,7 @@ def train(config: dict) -> None:
         with torch.no_grad():
             scaling_factor = compute_scaling_factor(
                 final, (next(scaling_batches)["pixels"].to(ctx.device) for _ in itertools.count()),
-                max_images=cfg.data.scaling_images, generator=torch.Generator(ctx.device).manual_seed(0),
+                max_images=cfg.data.scaling_images,
             )
             val = AutoencoderWithLoss(final, cfg.model)(val_pixels, generator=torch.Generator(ctx.device).manual_seed(0))
         final_metrics.update({"val/reconstruction": float(val["reconstruction"]), "scaling_factor": scaling_factor})
