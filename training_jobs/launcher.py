@@ -120,6 +120,20 @@ def resolve_config(recipe: str, profile: str, overrides: list[str] | tuple[str, 
     return from_dict(module.Config, values, where=f"{recipe_yaml.relative_to(CONFIG_ROOT.parent)} + overrides")
 
 
+def _anchor_data_paths(cfg: Any, root: Path) -> None:
+    """Make the relative paths of the `data` section absolute against the project root.
+
+    Ray Train workers run in their own working directory, so `data/tokenizer` would not resolve there
+    (and transformers would then take it for a hub id). Only values naming something that exists
+    under the root are touched: registry URIs, hub ids and absolute paths stay as they are.
+    """
+    for name, value in vars(cfg.data).items():
+        if isinstance(value, str) and value and "://" not in value and not value.startswith("models:/"):
+            candidate = root / value
+            if not Path(value).is_absolute() and candidate.exists():
+                setattr(cfg.data, name, str(candidate))
+
+
 def _check_gpus(scaling: ScalingSection, resources: dict[str, float]) -> None:
     if not scaling.use_gpu:
         return
@@ -149,6 +163,7 @@ def launch(
     module = recipe_module(recipe)
     cfg = resolve_config(recipe, profile, overrides)
     run_name = run_name or cfg.run.name or f"{recipe}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _anchor_data_paths(cfg, root)
     storage = Path(cfg.run.storage_path or root / "ray_results").resolve()
     cfg.run.name, cfg.run.storage_path = run_name, str(storage)
     cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(root)

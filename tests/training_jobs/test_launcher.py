@@ -92,3 +92,14 @@ def test_asking_for_gpus_on_a_cpu_cluster_fails_fast(tiny_data, tmp_path, tracki
     with pytest.raises(GPUUnavailableError, match="scaling.use_gpu=false"):
         launch("vae", "tiny", [*data_overrides(tiny_data, tmp_path), "scaling.num_workers=1", "scaling.use_gpu=true"],
                tracking_uri=tracking, versions={})
+
+
+def test_relative_data_paths_are_anchored_at_the_project_root(tmp_path):
+    from training_jobs.launcher import _anchor_data_paths
+
+    (tmp_path / "data" / "tokenizer").mkdir(parents=True)
+    cfg = resolve_config("sd_base", "tiny", ["data.vae=models:/genops-vae/latest"])
+    _anchor_data_paths(cfg, tmp_path)
+    assert cfg.data.tokenizer == str(tmp_path / "data" / "tokenizer")  # Ray workers have another cwd
+    assert cfg.data.vae == "models:/genops-vae/latest"
+    assert cfg.data.prepared_root == "data/prepared"  # does not exist under this root: left alone
