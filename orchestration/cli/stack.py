@@ -42,15 +42,18 @@ def demo() -> None:
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
         table = Table(title="materialized assets")
-        for col in ("asset", "data version", "facts"):
+        for col in ("asset", "data version / run", "facts"):
             table.add_column(col)
         for event in result.get_asset_materialization_events():
             mat = event.materialization
             meta = {k: v.value for k, v in mat.metadata.items()}
-            facts = ", ".join(
-                f"{k}={meta[k]}" for k in ("records_kept", "quarantined", "vocab_size", "injected_faults") if k in meta
-            )
-            version = meta.get("dataset_version", "")
+            facts = [f"{k}={meta[k]}" for k in ("records_kept", "quarantined", "vocab_size", "injected_faults") if k in meta]
+            if meta.get("registered_model_uri"):
+                facts.append(meta["registered_model_uri"])
+            facts.extend(f"{k}={v:.3g}" for k, v in (meta.get("final_metrics") or {}).items()
+                         if k.startswith(("val/", "eval/", "scaling")) and isinstance(v, (int, float)))
+            facts = ", ".join(facts)
+            version = meta.get("dataset_version") or meta.get("mlflow_run_id", "")
             table.add_row(mat.asset_key.to_user_string(), str(version)[:16], facts)
         console.print(table)
     elapsed = time.monotonic() - started
