@@ -101,16 +101,27 @@ def make_sampling_scheduler(
         beta_end=config.beta_end,
         trained_betas=config.trained_betas,
         prediction_type=config.prediction_type,
-        # 'trailing' starts sampling at t = T-1, where training put (almost) pure noise
-        # (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2)
-        timestep_spacing="trailing",
     )
+    # Where sampling starts. 'trailing' starts at t = T-1, where training put (almost) pure noise (Lin et al.
+    # 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2); a v-prediction model
+    # is well-posed there (x0 = alpha_t*x_t - sigma_t*v). An epsilon model is not: its x0 estimate
+    # (x_t - sigma_t*eps) / alpha_t multiplies every error in eps by 1/alpha_t, about 2e4 at T-1 of the
+    # cosine schedule (alpha_bar = 2.4e-9), which turns a trained model's samples into noise.
+    # So DPM-Solver++ never goes below lambda = log(alpha/sigma) = -5.1 (diffusers' setting for
+    # squaredcos_cap_v2; SD's scaled_linear schedule stays above it), and epsilon DDIM starts one stride
+    # below T, as SD's DDIM config does ('leading', steps_offset 1).
     if sampler == "dpmsolver++":
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler(
+            **common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+            lambda_min_clipped=-5.1,
+        )
     if sampler == "ddim":
+        spacing = {"timestep_spacing": "trailing"}
+        if config.prediction_type == "epsilon":
+            spacing = {"timestep_spacing": "leading", "steps_offset": 1}
         # set_alpha_to_one: the last step lands on the clean sample (alpha_bar = 1), as DPM-Solver's final
         # sigma 0 does, instead of on the t=0 noise level
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+        return DDIMScheduler(**common, **spacing, clip_sample=False, set_alpha_to_one=True)
     raise ValueError(f"unknown sampler {sampler!r}; use 'dpmsolver++' or 'ddim' (DiffusionConfig.sampler)")
 
 

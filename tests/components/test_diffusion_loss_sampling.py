@@ -232,10 +232,25 @@ def test_sampling_schedulers_share_the_training_schedule():
         scheduler = make_sampling_scheduler(noise_scheduler, name)
         assert scheduler.config.prediction_type == "v_prediction"
         torch.testing.assert_close(scheduler.alphas_cumprod, noise_scheduler.alphas_cumprod)
-        scheduler.set_timesteps(10)
-        assert int(scheduler.timesteps[0]) == 999
     assert make_sampling_scheduler(noise_scheduler, "dpmsolver++").config.algorithm_type == "dpmsolver++"
     # the cosine schedule: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi / 2), s = 0.008
     t = 500
     expected = math.cos(((t + 1) / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
     assert float(noise_scheduler.alphas_cumprod[t]) == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("sampler", ["dpmsolver++", "ddim"])
+def test_sampling_starts_where_the_prediction_is_well_posed(prediction_type, sampler):
+    noise_scheduler = make_noise_scheduler(DiffusionConfig(prediction_type=prediction_type))
+    scheduler = make_sampling_scheduler(noise_scheduler, sampler)
+    scheduler.set_timesteps(25)
+    first = int(scheduler.timesteps[0])
+    alpha_bar = float(noise_scheduler.alphas_cumprod[first])
+    half_log_snr = 0.5 * math.log(alpha_bar / (1 - alpha_bar))
+    if prediction_type == "v_prediction" and sampler == "ddim":
+        assert first == 999
+    else:
+        # an epsilon model's x0 estimate divides by alpha_t: start where 1/alpha_t is in the hundreds, not 2e4
+        assert half_log_snr >= -5.1 - 1e-3 and first >= 950, (first, half_log_snr)
+
