@@ -28,7 +28,8 @@ def test_sd_base_trains_in_the_vae_latent_space_and_samples(tiny_data, trained_v
     result = launch(
         "sd_base", "tiny",
         [f"data.prepared_root={tiny_data / 'data' / 'prepared'}", f"data.tokenizer={tiny_data / 'data' / 'tokenizer'}",
-         f"data.vae={trained_vae.model_dir}", f"run.storage_path={tmp_path / 'ray'}"],
+         f"data.vae={trained_vae.model_dir}", f"run.storage_path={tmp_path / 'ray'}",
+         "data.cache_latents=false"],  # the streaming path (the Dagster asset test covers the cached one)
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", versions={},
     )
     assert result.metrics["val/loss"] > 0 and result.registered_version == "1"

@@ -23,7 +23,7 @@ from components.data.scene import Scene
 from components.metrics.faithfulness import NamedObject, text_faithfulness
 from components.models.autoencoder import encode_latents, latent_shape, load_autoencoder, pixels_to_images
 from components.models.sd_base import SDBase, SDBaseConfig
-from training_jobs.data_loading import batch_stream, first_samples, shard_paths
+from training_jobs.data_loading import batch_stream, encoded_batch_stream, first_samples, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
 from training_jobs.loop import TrainConfig, evaluation_weights, export_state_dict, seed_everything, unwrap
 from training_jobs.model_inputs import resolve_model_path
@@ -43,6 +43,9 @@ class DataSection:
     """Tokenizer folder (Hugging Face format): the project's BPE or a pretrained one."""
     vae: str = "models:/genops-vae/latest"
     """The frozen autoencoder: a save_pretrained folder, or a registry URI models:/<name>/<version|latest>."""
+    cache_latents: bool = True
+    """Encode the train split with the frozen VAE once and train from memory (demo); off for corpora
+    too large to hold (paper), where each batch is streamed from shards and encoded on the fly."""
     grid_prompts: int = 8
     """Validation prompts in the fixed-seed sample grid."""
     eval_prompts: int = 32
@@ -99,16 +102,25 @@ def train(config: dict) -> None:
     dropout = torch.Generator().manual_seed(cfg.train.seed + 7 + 1000 * ctx.rank + run.start)
     root = Path(cfg.data.prepared_root)
     decode = pair_decoder(vae.config.sample_size)
-    batches = batch_stream(shard_paths(root, cfg.data.datasets, "train"), decode, collate_pairs, cfg.train.batch_size,
-                           seed=cfg.train.seed + run.start, rank=ctx.rank, world_size=ctx.world_size,
-                           workers=cfg.train.dataloader_workers)
+    train_shards = shard_paths(root, cfg.data.datasets, "train")
+    if cfg.data.cache_latents:
+        batches = encoded_batch_stream(
+            train_shards, decode, collate_pairs, lambda b: {"latents": encode_latents(vae, b["pixels"].to(ctx.device))},
+            cfg.train.batch_size, seed=cfg.train.seed + run.start, rank=ctx.rank, world_size=ctx.world_size,
+        )
+    else:
+        batches = batch_stream(train_shards, decode, collate_pairs, cfg.train.batch_size, seed=cfg.train.seed + run.start,
+                               rank=ctx.rank, world_size=ctx.world_size, workers=cfg.train.dataloader_workers)
     val_count = max(cfg.data.grid_prompts, cfg.data.eval_prompts, 2)
     val = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode, val_count))
 
     def compute_losses(batch) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            # posterior means: deterministic, and free of the variance of latent elements the decoder ignores
-            latents = encode_latents(vae, batch["pixels"].to(ctx.device))  # (B, C, h, w)
+        if "latents" in batch:
+            latents = batch["latents"]  # (B, C, h, w), encoded once
+        else:
+            with torch.no_grad():
+                # posterior means: deterministic, and free of the variance of latent elements the decoder ignores
+                latents = encode_latents(vae, batch["pixels"].to(ctx.device))  # (B, C, h, w)
         captions = drop_captions(batch["caption"], model_cfg.diffusion.condition_dropout, generator=dropout)
         input_ids, attention_mask = unwrap(model).tokenize(captions)
         return model(latents, input_ids, attention_mask, generator=noise)
