@@ -25,7 +25,7 @@ from typing import Any, Callable
 from components.config import apply_overrides, flatten, from_dict, load_values, merge_values, to_dict
 from training_jobs.cluster import connect_ray
 from training_jobs.lineage import dataset_versions
-from training_jobs.tracking import finish_run, git_commit, open_run, register_model
+from training_jobs.tracking import ProgressWatcher, finish_run, git_commit, open_run, register_model
 from training_jobs.worker import SCRATCH_DIR
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def launch(
     versions: dict[str, str] | None = None,
     parent_run_id: str | None = None,
     progress: Callable[[str], None] = print,
+    progress_every: float = 30.0,
 ) -> LaunchResult:
     """Run `recipe` as a Ray Train job; see the module docstring for what happens around it."""
     started = time.monotonic()
@@ -197,7 +198,9 @@ def launch(
                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             ),
         )
-        result = trainer.fit()
+        with ProgressWatcher(cfg.tracking.tracking_uri, run_id, cfg.train.steps, progress,
+                             interval=progress_every, label=f"[{recipe}]"):
+            result = trainer.fit()
         if result.checkpoint is None:
             raise TrainingFailed(f"job {run_name} reported no checkpoint: the recipe must report one at its end")
         model_dir = storage / run_name / "model"

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,69 @@ def finish_run(cfg: TrackingConfig, run_id: str, error: BaseException | None = N
     client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:4500])
     client.log_text(run_id, text, "error/traceback.txt")
     client.set_terminated(run_id, status="FAILED")
+
+
+class ProgressWatcher:
+    """While a job runs, say every `interval` seconds how far its run has got, read from what rank 0
+    logged to MLflow: step of total, loss, samples/s and an ETA. Works the same for a local job and
+    one on a remote cluster (it only reads the tracking store), and never fails the job.
+
+        with ProgressWatcher(uri, run_id, total_steps=2500, say=print, label="[sd_base]"):
+            trainer.fit()
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, total_steps: int, say: Callable[[str], None],
+                 interval: float = 30.0, label: str = "", step_metric: str = "train/lr"):
+        self.tracking_uri, self.run_id, self.total = tracking_uri, run_id, total_steps
+        self.say, self.interval, self.label, self.step_metric = say, interval, label, step_metric
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._first: tuple[float, int] | None = None  # (time, step) of the first step seen
+        self._last_step = -1
+
+    def line(self) -> str | None:
+        """The progress line for the run's latest logged step; None if nothing new was logged."""
+        client = _client(self.tracking_uri)
+        history = client.get_metric_history(self.run_id, self.step_metric)
+        if not history:
+            return None
+        step = max(m.step for m in history)
+        if step <= self._last_step:
+            return None
+        self._last_step = step
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, step)
+        latest = client.get_run(self.run_id).data.metrics
+        parts = [f"step {step}/{self.total} ({100 * step / max(1, self.total):.0f}%)"]
+        for key, fmt in (("train/loss", "loss {:.4f}"), ("train/samples_per_s", "{:.1f} samples/s")):
+            if key in latest:
+                parts.append(fmt.format(latest[key]))
+        started, first_step = self._first
+        if step > first_step and now > started:
+            eta = (self.total - step) * (now - started) / (step - first_step)
+            parts.append(f"ETA {eta / 60:.1f} min")
+        return " ".join(filter(None, [self.label, ", ".join(parts)]))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                text = self.line()
+            except Exception as exc:  # a busy or unreachable store must not fail the job
+                log.debug("progress read failed: %s", exc)
+                continue
+            if text:
+                self.say(text)
+
+    def __enter__(self) -> "ProgressWatcher":
+        self._thread = threading.Thread(target=self._watch, name="genops-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 class RunLogger:
