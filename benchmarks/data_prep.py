@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.config import load_config  # noqa: E402
-from components.data.formats import read_corpus  # noqa: E402
-from components.data.pipeline_config import DataConfig  # noqa: E402
-from components.data.prepare import prepare_dataset, validate_corpus  # noqa: E402
-from components.data.synthetic import generate_world  # noqa: E402
-from components.data.validation import validate_locally  # noqa: E402
+from components.config import load_config
+from components.data.formats import read_corpus
+from components.data.pipeline_config import DataConfig
+from components.data.prepare import prepare_dataset, validate_corpus
+from components.data.synthetic import generate_world
+from components.data.validation import validate_locally
 
 
 def timed(fn):

@@ -22,21 +22,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
+import torch
 
-from components.config import load_config  # noqa: E402
-from components.data.formats import read_corpus  # noqa: E402
-from components.data.pipeline_config import DataConfig  # noqa: E402
-from components.data.prepare import prepare_dataset, validate_corpus  # noqa: E402
-from components.data.shards import split_texts  # noqa: E402
-from components.data.synthetic import generate_world  # noqa: E402
-from components.data.tokenizer import train_bpe_tokenizer  # noqa: E402
-from components.diffusion import drop_captions  # noqa: E402
-from components.models.autoencoder import build_autoencoder, encode_latents, save_autoencoder, set_scaling_factor  # noqa: E402
-from components.models.sd_base import SDBase  # noqa: E402
-from training_jobs.launcher import launch, resolve_config  # noqa: E402
-from training_jobs.loop import (  # noqa: E402
+from components.config import load_config
+from components.data.formats import read_corpus
+from components.data.pipeline_config import DataConfig
+from components.data.prepare import prepare_dataset, validate_corpus
+from components.data.shards import split_texts
+from components.data.synthetic import generate_world
+from components.data.tokenizer import train_bpe_tokenizer
+from components.diffusion import drop_captions
+from components.models.autoencoder import (
+    build_autoencoder,
+    encode_latents,
+    save_autoencoder,
+    set_scaling_factor,
+)
+from components.models.sd_base import SDBase
+from mlflow import MlflowClient
+from training_jobs.launcher import launch, resolve_config
+from training_jobs.loop import (
     ExponentialMovingAverage,
     MetricWindow,
     build_lr_scheduler,

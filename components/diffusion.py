@@ -15,8 +15,9 @@ prompt, or zeros for vokens) has the same (L, D) with batch B or 1.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -14,9 +14,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from training_jobs.lineage import lock_outputs
 
@@ -46,7 +46,7 @@ class DvcPipeline:
             raise FileNotFoundError(f"{self.root} is not a DVC repository (no .dvc/): run `dvc init` there")
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator["object"]:
+    def _locked(self) -> Iterator[object]:
         from dvc.repo import Repo
 
         lock_dir = self.root / ".dvc" / "tmp"

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GENOPS_MODEL_CACHE", tempfile.mkdtemp(prefix="genops-test-model-cache-"))
 
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,8 @@ def tiny_data(tmp_path_factory):
     Returns the root holding `data/prepared/<dataset>/` and `data/tokenizer/`, laid out like the
     DVC outputs of a checkout.
     """
+    from pathlib import Path
+
     from components.config import load_config
     from components.data.formats import read_corpus
     from components.data.pipeline_config import DataConfig
@@ -47,7 +49,6 @@ def tiny_data(tmp_path_factory):
     from components.data.shards import split_texts
     from components.data.synthetic import generate_world
     from components.data.tokenizer import train_bpe_tokenizer
-    from pathlib import Path
 
     root = tmp_path_factory.mktemp("tiny_data")
     data = root / "data"

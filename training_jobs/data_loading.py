@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -11,7 +12,6 @@ from torch.utils.data import DataLoader
 from components.data.shards import list_shards
 from components.data.training_data import ShardDataset, seed_worker
 from training_jobs.loop import infinite
-
 
 
 def first_samples(shards: list[Path], decode: Callable[[dict[str, bytes]], Any], count: int) -> list[Any]:

@@ -17,10 +17,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from components.config import apply_overrides, flatten, from_dict, load_values, merge_values, to_dict
 from training_jobs.cluster import connect_ray

@@ -16,9 +16,10 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -248,10 +249,10 @@ def train_step(
     compute_losses: Callable[[object], dict[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: "ExponentialMovingAverage | None",
+    ema: ExponentialMovingAverage | None,
     cfg: TrainConfig,
     device: torch.device,
-    window: "MetricWindow",
+    window: MetricWindow,
 ) -> float:
     """One optimizer step: `grad_accum_steps` micro-batches of forward (under autocast) and backward,
     DDP gradient sync only on the last one, then clip/step/schedule/EMA. Returns the gradient norm."""

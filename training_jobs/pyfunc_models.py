@@ -41,7 +41,12 @@ class AutoencoderModel(mlflow.pyfunc.PythonModel):
         self.vae = load_autoencoder(context.artifacts["weights"]).eval()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from components.models.autoencoder import decode_latents, encode_latents, images_to_pixels, pixels_to_images
+        from components.models.autoencoder import (
+            decode_latents,
+            encode_latents,
+            images_to_pixels,
+            pixels_to_images,
+        )
 
         pixels = images_to_pixels([_decode_png(t) for t in _column(model_input, "image")], self.vae.config.sample_size)
         with torch.no_grad():

@@ -8,7 +8,8 @@ the driver never pickles file handles or images, and verdicts stream back as the
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from components.config import from_dict, to_dict
 from components.data.records import ReadFailure, Record, record_from_json, record_to_json

@@ -14,9 +14,10 @@ import subprocess
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +169,13 @@ class ProgressWatcher:
         while not self._stop.wait(self.interval):
             try:
                 text = self.line()
-            except Exception as exc:  # a busy or unreachable store must not fail the job
+            except Exception as exc:  # noqa: BLE001 - a busy or unreachable store must not fail the job
                 log.debug("progress read failed: %s", exc)
                 continue
             if text:
                 self.say(text)
 
-    def __enter__(self) -> "ProgressWatcher":
+    def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._watch, name="genops-progress", daemon=True)
         self._thread.start()
         return self

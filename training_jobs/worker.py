@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -165,4 +165,4 @@ def run_steps(
         if on_sample is not None and cfg.sample_every and done % cfg.sample_every == 0 and done < cfg.steps and ctx.is_main:
             on_sample(done)
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            report(ctx, {"step": done}, lambda path: run.save(path, done))
+            report(ctx, {"step": done}, lambda path, done=done: run.save(path, done))

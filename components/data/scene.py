@@ -104,7 +104,7 @@ class Scene:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Scene":
+    def from_json(cls, data: dict[str, Any]) -> Scene:
         return cls(
             background=data["background"],
             objects=tuple(SceneObject(**o) for o in data["objects"]),

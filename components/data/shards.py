@@ -13,8 +13,9 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from components.data.records import CaptionImagePair, Record, Story, TextRichImage, record_to_json
 from components.fileio import atomic_write_bytes

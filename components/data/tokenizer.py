@@ -7,9 +7,9 @@ Sequences are wrapped as `<s> ... </s>`: CLIP-style text encoders pool at the en
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from components.fileio import atomic_directory
 

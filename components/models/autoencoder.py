@@ -12,15 +12,16 @@ Pixel tensors are (B, C, H, W) float in [-1, 1]; latents returned by `encode_lat
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn as nn
 from diffusers import AutoencoderKL
 from PIL import Image
+from torch import nn
 
 from components.fileio import atomic_directory
 

@@ -15,15 +15,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-from transformers import PreTrainedTokenizerBase
+from torch import nn
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    PreTrainedTokenizerBase,
+)
 
 from components.config import from_dict, to_dict
 from components.fileio import atomic_directory
@@ -256,7 +262,7 @@ class ClipEvaluator(nn.Module):
         self.cfg = cfg
 
     @classmethod
-    def from_config(cls, cfg: ClipEvaluatorConfig, tokenizer: PreTrainedTokenizerBase) -> "ClipEvaluator":
+    def from_config(cls, cfg: ClipEvaluatorConfig, tokenizer: PreTrainedTokenizerBase) -> ClipEvaluator:
         """A randomly initialised evaluator whose vocabulary and special ids come from `tokenizer`."""
         return cls(build_clip_model(cfg, tokenizer), tokenizer, cfg)
 
@@ -343,7 +349,7 @@ class ClipEvaluator(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "ClipEvaluator":
+    def from_pretrained(cls, path: str | Path) -> ClipEvaluator:
         """Load a folder written by `save_pretrained`, or a local copy of real CLIP weights + tokenizer."""
         path = Path(path)
         if not (path / "config.json").is_file():

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
-import torch.nn as nn
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
 from components.config import from_dict, to_dict
@@ -168,7 +169,7 @@ class SDBase(nn.Module):
         self.noise_scheduler = make_noise_scheduler(cfg.diffusion)
 
     @classmethod
-    def from_config(cls, cfg: SDBaseConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> "SDBase":
+    def from_config(cls, cfg: SDBaseConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> SDBase:
         """Randomly initialised text encoder and UNet; the vocabulary and special ids come from `tokenizer`."""
         text_encoder = CLIPTextModel(clip_text_config(cfg.text, tokenizer))
         unet = build_unet(cfg.unet, cross_attention_dim=cfg.text.hidden_size)
@@ -303,7 +304,7 @@ class SDBase(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "SDBase":
+    def from_pretrained(cls, path: str | Path) -> SDBase:
         """Load a folder written by `save_pretrained` (its VAE, if saved, loads with `load_autoencoder(path / 'vae')`)."""
         path = Path(path)
         cfg_file = path / GENOPS_CONFIG_FILE

@@ -6,9 +6,7 @@ answers at once.
 
 import typer
 
-from orchestration.cli import data, stack, train
-from orchestration.cli import metrics
-from orchestration.cli import kernels
+from orchestration.cli import data, kernels, metrics, stack, train
 
 app = typer.Typer(
     name="genops",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -75,7 +74,7 @@ def _print_prepare(summary, console) -> None:
 def generate(
     out: Path = typer.Option(Path("data/raw"), help="Folder to write the synthetic world into."),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the `world` section, e.g. seed=3"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the `world` section, e.g. seed=3"),
 ) -> None:
     """Generate the synthetic world: every dataset in its real public format, with ground truth beside it."""
     from collections import Counter
@@ -177,11 +176,11 @@ def ingest(
     format: str = typer.Option(..., "--format", help=f"Corpus format: {FORMAT_HELP}."),
     src: Path = typer.Option(..., help="The corpus on disk (file or folder, as the format expects)."),
     out: Path = typer.Option(..., help="Folder for the prepared dataset, its quarantine file and statistics."),
-    name: Optional[str] = typer.Option(None, help="Dataset name recorded in the outputs (default: the folder name of --out)."),
+    name: str | None = typer.Option(None, help="Dataset name recorded in the outputs (default: the folder name of --out)."),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP + " Its validation/split/shards sections apply."),
     engine: Engine = typer.Option(Engine.local, help="local: in-process; ray: a Ray Data pipeline."),
-    max_bad_fraction: Optional[float] = typer.Option(None, help="Override validation.max_bad_fraction."),
-    min_short_edge: Optional[int] = typer.Option(None, help="Override validation.min_short_edge (pixels)."),
+    max_bad_fraction: float | None = typer.Option(None, help="Override validation.max_bad_fraction."),
+    min_short_edge: int | None = typer.Option(None, help="Override validation.min_short_edge (pixels)."),
 ) -> None:
     """Validate and prepare a real corpus on disk: prepared shards, quarantine file and statistics."""
     from rich.console import Console

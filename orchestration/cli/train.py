@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def train(
     recipe: str = typer.Argument(..., help="Recipe to run: vae, clip_evaluator, sd_base."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides, e.g. train.steps=100"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value config overrides, e.g. train.steps=100"),
     profile: str = typer.Option("demo", help="Config profile: tiny (tests), demo (this machine), paper (GPU cluster)."),
-    name: Optional[str] = typer.Option(None, help="Run name; launching again with the same name resumes the job."),
+    name: str | None = typer.Option(None, help="Run name; launching again with the same name resumes the job."),
 ) -> None:
     """Run a training recipe as a Ray Train job, tracked in MLflow, registered on success."""
     from training_jobs.launcher import GPUUnavailableError, TrainingFailed, launch

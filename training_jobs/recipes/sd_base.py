@@ -17,9 +17,9 @@ import torch
 from transformers import AutoTokenizer
 
 from components.config import from_dict
+from components.data.scene import Scene
 from components.data.training_data import collate_pairs, image_grid, pair_decoder
 from components.diffusion import drop_captions
-from components.data.scene import Scene
 from components.metrics.faithfulness import NamedObject, text_faithfulness
 from components.models.autoencoder import encode_latents, latent_shape, load_autoencoder, pixels_to_images
 from components.models.sd_base import SDBase, SDBaseConfig

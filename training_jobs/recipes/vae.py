@@ -27,7 +27,13 @@ from components.models.autoencoder import (
 )
 from training_jobs.data_loading import batch_stream, first_samples, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
-from training_jobs.loop import ExponentialMovingAverage, TrainConfig, evaluation_weights, export_state_dict, seed_everything
+from training_jobs.loop import (
+    ExponentialMovingAverage,
+    TrainConfig,
+    evaluation_weights,
+    export_state_dict,
+    seed_everything,
+)
 from training_jobs.tracking import TrackingConfig
 from training_jobs.worker import report, run_steps, start_training, worker_context
 

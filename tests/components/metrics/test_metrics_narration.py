@@ -27,17 +27,17 @@ from components.metrics.narration import (
 
 # Papineni et al. 2002, example 1 (also nltk's bleu_score doctests); tokens are the words.
 HYP1 = tuple(
-    "It is a guide to action which ensures that the military always obeys the commands of the party".split()
+    ["It", "is", "a", "guide", "to", "action", "which", "ensures", "that", "the", "military", "always", "obeys", "the", "commands", "of", "the", "party"]
 )
 REF1A = tuple(
-    "It is a guide to action that ensures that the military will forever heed Party commands".split()
+    ["It", "is", "a", "guide", "to", "action", "that", "ensures", "that", "the", "military", "will", "forever", "heed", "Party", "commands"]
 )
 REF1B = tuple(
-    "It is the guiding principle which guarantees the military forces always being under the command of the Party".split()
+    ["It", "is", "the", "guiding", "principle", "which", "guarantees", "the", "military", "forces", "always", "being", "under", "the", "command", "of", "the", "Party"]
 )
-REF1C = tuple("It is the practical guide for the army always to heed the directions of the party".split())
-HYP2 = tuple("he read the book because he was interested in world history".split())
-REF2A = tuple("he was interested in world history because he read the book".split())
+REF1C = tuple(["It", "is", "the", "practical", "guide", "for", "the", "army", "always", "to", "heed", "the", "directions", "of", "the", "party"])
+HYP2 = tuple(["he", "read", "the", "book", "because", "he", "was", "interested", "in", "world", "history"])
+REF2A = tuple(["he", "was", "interested", "in", "world", "history", "because", "he", "read", "the", "book"])
 
 
 def test_bleu_matches_the_documented_values():

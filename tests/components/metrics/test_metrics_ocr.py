@@ -14,9 +14,7 @@ from components.metrics.ocr import OcrEngine, mario_eval, ocr_metrics, quoted_wo
 
 # Readable English words of 3-8 letters.
 WORDS = tuple(
-    "apple garden river stone yellow window market silver planet forest candle pocket bridge horse "
-    "cloud music orange paper dream light mountain coffee winter summer castle dragon rocket tiger "
-    "ocean basket pencil camera flower butter jacket ladder monkey needle rabbit violin wizard".split()
+    ["apple", "garden", "river", "stone", "yellow", "window", "market", "silver", "planet", "forest", "candle", "pocket", "bridge", "horse", "cloud", "music", "orange", "paper", "dream", "light", "mountain", "coffee", "winter", "summer", "castle", "dragon", "rocket", "tiger", "ocean", "basket", "pencil", "camera", "flower", "butter", "jacket", "ladder", "monkey", "needle", "rabbit", "violin", "wizard"]
 )
 
 
