@@ -17,6 +17,10 @@ For each named object: *object* = an object of that shape is present; *attribute
 that shape has that colour; *location* = an object of that shape lies in the named grid cell (only
 for objects whose sentence gives a position); *all* = one object satisfies all three. Precisions
 are the fractions of named objects judged present, as the rows of ParaDiffusion's Table 3.
+Beside them, *colour placement* = an object of the named colour lies at the named position, shape
+not judged: whether the dominant colours and the layout follow the prompt, which stays measurable
+on images too soft for the shape fit (a small latent model's samples, or its autoencoder's
+reconstructions).
 """
 
 from __future__ import annotations
@@ -279,6 +283,7 @@ class ObjectJudgement:
     attribute: bool
     location: bool | None
     all: bool
+    colour_placement: bool
 
 
 def _in_cell(obj: SceneObject, position: str, margin: float) -> bool:
@@ -301,23 +306,27 @@ def judge(
     for n in named:
         same_shape = [o for o in detected.objects if o.shape == n.shape]
         coloured = [o for o in same_shape if o.colour == n.colour]
+        any_shape = [o for o in detected.objects if o.colour == n.colour]
         if n.position is None:
-            location, everything = None, bool(coloured)
+            location, everything, placed = None, bool(coloured), bool(any_shape)
         else:
             location = any(_in_cell(o, n.position, location_margin) for o in same_shape)
             everything = any(_in_cell(o, n.position, location_margin) for o in coloured)
-        out.append(ObjectJudgement(n, bool(same_shape), bool(coloured), location, everything))
+            placed = any(_in_cell(o, n.position, location_margin) for o in any_shape)
+        out.append(ObjectJudgement(n, bool(same_shape), bool(coloured), location, everything, placed))
     return out
 
 
 @dataclass(frozen=True)
 class FaithfulnessMetrics:
-    """Object / attribute / location precision (ParaDiffusion Table 3 rows) and all-three precision."""
+    """Object / attribute / location precision (ParaDiffusion Table 3 rows), all-three precision, and
+    colour-placement precision (named colour at the named position, any shape)."""
 
     object_precision: float
     attribute_precision: float
     location_precision: float | None
     all_precision: float
+    colour_placement_precision: float
     objects: int
     located_objects: int
     images: int
@@ -328,6 +337,7 @@ class FaithfulnessMetrics:
             "attribute_precision": self.attribute_precision,
             "location_precision": self.location_precision,
             "all_precision": self.all_precision,
+            "colour_placement_precision": self.colour_placement_precision,
             "objects": self.objects,
             "located_objects": self.located_objects,
             "images": self.images,
@@ -347,6 +357,7 @@ def aggregate(judgements: Sequence[Sequence[ObjectJudgement]]) -> FaithfulnessMe
         attribute_precision=float(np.mean([j.attribute for j in flat])),
         location_precision=float(np.mean(located)) if located else None,
         all_precision=float(np.mean([j.all for j in flat])),
+        colour_placement_precision=float(np.mean([j.colour_placement for j in flat])),
         objects=len(flat),
         located_objects=len(located),
         images=len(judgements),

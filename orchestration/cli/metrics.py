@@ -338,6 +338,7 @@ def faithfulness(
             ("attribute precision", metrics.attribute_precision),
             ("location precision", metrics.location_precision),
             ("all-three precision", metrics.all_precision),
+            ("colour placement precision", metrics.colour_placement_precision),
             ("named objects", metrics.objects),
             ("images", metrics.images),
         ]

@@ -36,6 +36,9 @@ def test_sd_base_trains_in_the_vae_latent_space_and_samples(tiny_data, trained_v
     # samples were checked against the validation captions' scene ground truth
     assert 0 <= result.metrics["eval/attribute_precision"] <= 1
     assert result.metrics["eval/real_images_all_precision"] >= 0.9  # the detector reads real images
+    assert 0 <= result.metrics["eval/colour_placement_precision"] <= 1
+    # and against the VAE's reconstructions of the same images: the ceiling of a latent model
+    assert 0 <= result.metrics["eval/vae_roundtrip_colour_placement_precision"] <= 1
     sd = SDBase.from_pretrained(result.model_dir).eval()
     vae = load_autoencoder(result.model_dir / "vae")
     assert vae.config.scaling_factor == pytest.approx(trained_vae.metrics["scaling_factor"])

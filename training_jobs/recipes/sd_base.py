@@ -21,7 +21,13 @@ from components.data.scene import Scene
 from components.data.training_data import collate_pairs, image_grid, pair_decoder
 from components.diffusion import drop_captions
 from components.metrics.faithfulness import NamedObject, text_faithfulness
-from components.models.autoencoder import encode_latents, latent_shape, load_autoencoder, pixels_to_images
+from components.models.autoencoder import (
+    decode_latents,
+    encode_latents,
+    latent_shape,
+    load_autoencoder,
+    pixels_to_images,
+)
 from components.models.sd_base import SDBase, SDBaseConfig
 from training_jobs.data_loading import batch_stream, encoded_batch_stream, first_samples, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
@@ -155,8 +161,9 @@ def train(config: dict) -> None:
 @torch.no_grad()
 def _prompt_following(module: SDBase, vae, val: dict, count: int, device: torch.device) -> dict[str, float]:
     """Do samples follow their prompts? Text faithfulness of generated images against the validation
-    captions' scene ground truth (object / attribute / location precision), beside the same metric
-    on the real validation images as the detector's ceiling."""
+    captions' scene ground truth (object / attribute / location / colour-placement precision), beside
+    the same metric on the real validation images (the detector's ceiling) and on their VAE
+    round-trips (the ceiling of any model that draws through this VAE)."""
     named = [[NamedObject.from_scene_object(o) for o in Scene.from_json(gt["scene"]).objects]
              if gt and "scene" in gt else [] for gt in val["groundtruth"][:count]]
     keep = [i for i, objects in enumerate(named) if objects]
@@ -164,15 +171,21 @@ def _prompt_following(module: SDBase, vae, val: dict, count: int, device: torch.
         return {}
     prompts = [val["caption"][i] for i in keep]
     generated = pixels_to_images(module.generate(prompts, vae, generator=torch.Generator(device).manual_seed(1)))
-    real = pixels_to_images(val["pixels"][keep])
+    real_pixels = val["pixels"][keep]
+    roundtrip = pixels_to_images(decode_latents(vae, encode_latents(vae, real_pixels.to(device))))
     objects = [named[i] for i in keep]
-    ours, ceiling = text_faithfulness(generated, objects), text_faithfulness(real, objects)
+    ours = text_faithfulness(generated, objects)
+    ceiling = text_faithfulness(pixels_to_images(real_pixels), objects)
+    through_vae = text_faithfulness(roundtrip, objects)
     return {
         "eval/object_precision": ours.object_precision,
         "eval/attribute_precision": ours.attribute_precision,
         "eval/location_precision": ours.location_precision or 0.0,
         "eval/all_precision": ours.all_precision,
+        "eval/colour_placement_precision": ours.colour_placement_precision,
         "eval/real_images_all_precision": ceiling.all_precision,
+        "eval/vae_roundtrip_all_precision": through_vae.all_precision,
+        "eval/vae_roundtrip_colour_placement_precision": through_vae.colour_placement_precision,
     }
 
 

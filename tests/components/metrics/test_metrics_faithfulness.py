@@ -40,6 +40,7 @@ def test_detector_recovers_ground_truth_scenes(scenes, size):
     assert metrics.attribute_precision >= 0.95
     assert metrics.location_precision >= 0.95
     assert metrics.all_precision >= 0.95
+    assert metrics.colour_placement_precision >= 0.95
     # Stricter than precision: the detected object set itself, size included, and the background.
     detected = [detect_scene(im) for im in images]
     exact = sum(
@@ -63,6 +64,8 @@ def test_shuffled_pairs_score_at_chance_like_the_ground_truth_oracle(scenes):
     assert by_detector.object_precision == pytest.approx(by_oracle.object_precision, abs=0.03)
     assert by_detector.attribute_precision == pytest.approx(by_oracle.attribute_precision, abs=0.03)
     assert by_detector.location_precision == pytest.approx(by_oracle.location_precision, abs=0.03)
+    assert by_detector.colour_placement_precision == pytest.approx(by_oracle.colour_placement_precision, abs=0.03)
+    assert by_detector.colour_placement_precision < 0.15
     assert by_detector.attribute_precision < 0.3 and by_detector.all_precision < 0.1
     assert by_detector.object_precision < 0.8
 
@@ -71,7 +74,7 @@ def test_each_row_fails_on_its_own_kind_of_mistake():
     scene = Scene("gray", (SceneObject("circle", "red", "large", "top left", 1 / 6, 1 / 6, 0.16),))
     detected = detect_scene(render_scene(scene, 64))
     (right,) = judge([NamedObject("circle", "red", position="top left")], detected)
-    assert (right.object, right.attribute, right.location, right.all) == (True, True, True, True)
+    assert (right.object, right.attribute, right.location, right.all, right.colour_placement) == (True,) * 5
     (wrong_colour,) = judge([NamedObject("circle", "blue", position="top left")], detected)
     assert (wrong_colour.object, wrong_colour.attribute, wrong_colour.location, wrong_colour.all) == (
         True,
@@ -79,6 +82,7 @@ def test_each_row_fails_on_its_own_kind_of_mistake():
         True,
         False,
     )
+    assert not wrong_colour.colour_placement
     (wrong_place,) = judge([NamedObject("circle", "red", position="bottom right")], detected)
     assert (wrong_place.object, wrong_place.attribute, wrong_place.location, wrong_place.all) == (
         True,
@@ -86,10 +90,13 @@ def test_each_row_fails_on_its_own_kind_of_mistake():
         False,
         False,
     )
+    assert not wrong_place.colour_placement
     (wrong_shape,) = judge([NamedObject("square", "red", position="top left")], detected)
     assert (wrong_shape.object, wrong_shape.attribute, wrong_shape.location) == (False, False, False)
+    # The colour-placement row does not judge the shape: a red blob at the top left is enough.
+    assert wrong_shape.colour_placement
     (unplaced,) = judge([NamedObject("circle", "red")], detected)
-    assert unplaced.location is None and unplaced.all
+    assert unplaced.location is None and unplaced.all and unplaced.colour_placement
 
 
 def test_empty_and_noise_images_contain_no_named_objects():
@@ -100,6 +107,7 @@ def test_empty_and_noise_images_contain_no_named_objects():
     named = [NamedObject("circle", "red", position="center"), NamedObject("square", "blue", position="top")]
     metrics = text_faithfulness([plain, noise], [named, named])
     assert metrics.attribute_precision == 0.0 and metrics.all_precision == 0.0
+    assert metrics.colour_placement_precision == 0.0
 
 
 @pytest.mark.parametrize(
@@ -155,3 +163,14 @@ def test_position_phrases():
 def test_aggregate_rejects_prompts_that_name_nothing():
     with pytest.raises(ValueError, match="no named objects"):
         aggregate([[], []])
+
+
+def test_colour_placement_survives_blur_that_defeats_the_shape_fit(scenes):
+    """Soft images (a small latent model's samples, its autoencoder's reconstructions) lose the edges
+    the shape fit needs but keep colour and layout: the colour-placement row still reads them."""
+    from PIL import ImageFilter
+
+    blurred = [render_scene(s, 64).filter(ImageFilter.GaussianBlur(2)) for s in scenes]
+    metrics = text_faithfulness(blurred, [truth(s) for s in scenes])
+    assert metrics.colour_placement_precision >= 0.95
+    assert metrics.all_precision < 0.85
