@@ -149,7 +149,10 @@ def main() -> None:
         print("launcher (Ray Train + MLflow + shard streaming) ...", flush=True)
         ray_rate = launcher_rate(args.profile, args.steps, prepared, tokenizer, vae, work, log_every)
         cfg = resolve_config("sd_base", args.profile)
-        params = sum(p.numel() for p in SDBase.from_config(cfg.model).parameters()) / 1e6
+        from transformers import AutoTokenizer
+
+        model = SDBase.from_config(cfg.model, AutoTokenizer.from_pretrained(tokenizer))
+        params = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"\nsd_base ({args.profile}: {params:.1f}M parameters, batch {cfg.train.batch_size}, {args.steps} steps)")
         print(f"{'path':44} {'steps/s':>8} {'ratio':>7}")
         print(f"{'bare PyTorch loop (in-memory batch)':44} {bare:8.3f} {1.0:7.3f}")
