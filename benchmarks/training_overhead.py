@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch
+from mlflow import MlflowClient
 
 from components.config import load_config
 from components.data.formats import read_corpus
@@ -41,7 +42,6 @@ from components.models.autoencoder import (
     set_scaling_factor,
 )
 from components.models.sd_base import SDBase
-from mlflow import MlflowClient
 from training_jobs.launcher import launch, resolve_config
 from training_jobs.loop import (
     ExponentialMovingAverage,

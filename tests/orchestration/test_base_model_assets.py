@@ -2,8 +2,8 @@
 
 import dagster as dg
 import pytest
-
 from mlflow import MlflowClient
+
 from orchestration.assets.base_models import sd_base, vae
 from orchestration.resources import DvcResource, MlflowResource, RayResource, TrainingResource
 

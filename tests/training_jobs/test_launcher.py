@@ -3,12 +3,12 @@
 import base64
 import io
 
+import mlflow
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from PIL import Image
 
-import mlflow
-from mlflow import MlflowClient
 from training_jobs.launcher import GPUUnavailableError, TrainingFailed, launch, resolve_config
 
 
