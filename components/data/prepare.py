@@ -3,9 +3,9 @@
 Two steps with a file boundary between them, so each is a DVC stage of its own:
 
 1. `validate_corpus` reads a corpus in a public format, validates every record and writes
-   `records.jsonl` (kept), `quarantine.jsonl` (every rejected record with its reason) and
-   `validation.json` (counts by reason). Bad records never crash it and are never dropped silently;
-   too many of them fail the run (`validation.max_bad_fraction`) after the quarantine is written.
+   `records.jsonl` (kept, as normalised), `quarantine.jsonl` (every rejected record with its reason)
+   and `validation.json` (quarantined counts by reason, normalised counts by what was tidied). Bad
+   records never crash it and are never dropped silently; too many of them fail the run (`validation.max_bad_fraction`) after the quarantine is written.
 2. `prepare_dataset` assigns deterministic train/val/test(/holdout) splits, writes WebDataset tar
    shards per split, `stats.json` (ParaDiffusion Table 1 columns per split) and `manifest.json`
    (every shard's sha256 and count). Prompt-only sets get `prompts.jsonl` instead of shards.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,12 @@ class ValidationSummary:
     quarantined: int
     reasons: dict[str, int]
     out_dir: Path
+    normalised: int = 0
+    """Kept records that were tidied rather than quarantined (see `normalisations`)."""
+    normalisations: dict[str, int] = field(default_factory=dict)
+    """Kept records per normalisation code (html_entities, whitespace, clipped_ocr_box)."""
+    clipped_boxes: int = 0
+    """OCR boxes clipped to their image."""
 
 
 def validate_corpus(
@@ -148,11 +154,24 @@ def validate_corpus(
             "quarantined": len(result.quarantined),
             "bad_fraction": round(result.bad_fraction, 6),
             "reasons": result.reasons(),
+            "normalised": result.normalised,
+            "normalisations": result.normalisations(),
+            "clipped_boxes": result.clipped_boxes,
             "config": to_dict(cfg),
         },
     )
     check_bad_fraction(result, cfg, where=f"dataset {dataset} ({source})")
-    return ValidationSummary(dataset, result.total, len(result.kept), len(result.quarantined), result.reasons(), out_dir)
+    return ValidationSummary(
+        dataset,
+        result.total,
+        len(result.kept),
+        len(result.quarantined),
+        result.reasons(),
+        out_dir,
+        normalised=result.normalised,
+        normalisations=result.normalisations(),
+        clipped_boxes=result.clipped_boxes,
+    )
 
 
 @dataclass
@@ -230,6 +249,8 @@ def prepare_dataset(
         "noun_counter": NOUN_COUNTER,
         "quarantined": validation["quarantined"],
         "quarantine_reasons": validation["reasons"],
+        "normalised": validation.get("normalised", 0),
+        "normalisations": validation.get("normalisations", {}),
         "all": table1_row(entries),
         "splits": {},
     }

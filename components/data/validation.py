@@ -5,19 +5,31 @@ its short edge is large enough, the caption is present and within length, refere
 OCR boxes and character maps are sane. It never raises on bad data; it returns a `Verdict` whose
 `reason` names what is wrong. Duplicate images need a view across records, so `deduplicate` runs
 after the per-record pass (content sha256; the first record in id order keeps the image).
+
+Unusable records are quarantined; records that are only untidy are normalised and kept, and the
+record says what was done in `extra["normalised"]` (codes counted in the validation report).
+Readers tidy text (`formats.files.tidy_text`: HTML character references, runs of whitespace);
+validation clips OCR boxes that run past the image edge (`CLIPPED_OCR_BOX`: the record keeps the
+original quads in `extra["clipped_words"]` and `extra["clipped"] = True`), as real detector output
+does near the border. A box entirely outside the image, with less than a pixel of area, or with
+non-finite coordinates is `bad_ocr_box`. What real public data holds and is not an error: LAION
+metadata whose width/height differ from original_width/original_height (img2dataset resized the
+download), dialogue turns without an image, stories whose steps reuse a photo.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from components.data.formats.mario import clockwise_from_top_left
 from components.data.records import (
     PromptRecord,
     ReadFailure,
@@ -28,6 +40,10 @@ from components.data.records import (
     record_text,
 )
 from components.data.text_stats import count_nouns, count_words
+
+CLIPPED_OCR_BOX = "clipped_ocr_box"
+MIN_BOX_AREA = 1.0
+"""Square pixels a word box needs inside the image; less is a line or a point (nothing to draw)."""
 
 
 @dataclass
@@ -85,6 +101,16 @@ class Verdict:
     def record_id(self) -> str:
         return self.record.ref if isinstance(self.record, ReadFailure) else self.record.id
 
+    @property
+    def normalised(self) -> tuple[str, ...]:
+        """Codes of what the reader and validation tidied in this record (empty when nothing)."""
+        return () if isinstance(self.record, ReadFailure) else tuple(self.record.extra.get("normalised", ()))
+
+    @property
+    def clipped_boxes(self) -> int:
+        """How many of the record's OCR boxes validation clipped to the image."""
+        return 0 if isinstance(self.record, ReadFailure) else len(self.record.extra.get("clipped_words", ()))
+
 
 def validate_record(record: Record | ReadFailure, cfg: ValidationConfig) -> Verdict:
     """Check one record. Pure: reads the files it refers to, writes nothing, never raises on bad data."""
@@ -105,10 +131,11 @@ def _validate(record: Record, cfg: ValidationConfig) -> Verdict:
         return verdict
 
     hashes, sides = [], []
-    for path in image_paths(record):
+    for where, path in _image_places(record):
         problem, digest, short_side = _check_image(path, cfg)
         if problem:
-            verdict.reason = problem
+            code, detail = problem.split(": ", 1)
+            verdict.reason = f"{code}: {where}{detail}"
             return verdict
         hashes.append(digest)
         sides.append(short_side)
@@ -118,8 +145,17 @@ def _validate(record: Record, cfg: ValidationConfig) -> Verdict:
     if isinstance(record, Story) and not hashes:
         verdict.reason = "no_image: the story has no step with an image"
     elif isinstance(record, TextRichImage):
-        verdict.reason = _check_textrich(record, cfg)
+        verdict.reason, verdict.record = _check_textrich(record, cfg)
     return verdict
+
+
+def _image_places(record: Record) -> list[tuple[str, Path]]:
+    """Each image of a record with where it sits ("step 2 of 5: " in a story), for reasons."""
+    if isinstance(record, Story):
+        n = len(record.steps)
+        steps = enumerate(record.steps)
+        return [(f"step {i} of {n}: ", s.image_path) for i, s in steps if s.image_path is not None]
+    return [("", path) for path in image_paths(record)]
 
 
 def _check_text(record: Record, cfg: ValidationConfig) -> str | None:
@@ -166,31 +202,71 @@ def _check_image(path: Path, cfg: ValidationConfig) -> tuple[str | None, str, in
     return None, hashlib.sha256(data).hexdigest(), short_side
 
 
-def _check_textrich(record: TextRichImage, cfg: ValidationConfig) -> str | None:
+def _check_textrich(record: TextRichImage, cfg: ValidationConfig) -> tuple[str | None, TextRichImage]:
+    """The reason a text-rich record is unusable (or None), and the record with its boxes clipped."""
     if not record.words:
-        return "no_words: a text-rich image needs at least one OCR word box"
+        return "no_words: a text-rich image needs at least one OCR word box", record
     with Image.open(record.image_path) as image:
         width, height = image.size
-    tolerance = 0.02 * max(width, height)
-    for word in record.words:
+    words, clipped = [], []
+    for index, word in enumerate(record.words):
         if not word.text.strip():
-            return "bad_ocr_box: an OCR line has an empty word"
-        xs, ys = word.quad[0::2], word.quad[1::2]
-        if min(xs) < -tolerance or min(ys) < -tolerance or max(xs) > width + tolerance or max(ys) > height + tolerance:
-            return f"bad_ocr_box: box of {word.text!r} lies outside the {width}x{height} image"
+            return "bad_ocr_box: an OCR line has an empty word", record
+        quad = word.quad
+        if not all(math.isfinite(v) for v in quad):
+            return f"bad_ocr_box: box of {word.text!r} has non-finite coordinates {list(quad)}", record
+        area = quad_area(quad)
+        if area < MIN_BOX_AREA:
+            return (
+                f"bad_ocr_box: box of {word.text!r} is degenerate "
+                f"({area:.3g} px2 < {MIN_BOX_AREA:g}): {list(quad)}",
+                record,
+            )
+        inside = clip_quad(quad, width, height)
+        if quad_area(inside) < MIN_BOX_AREA:
+            where = f"lies outside the {width}x{height} image"
+            return f"bad_ocr_box: box of {word.text!r} {where}: {list(quad)}", record
+        if inside != quad:
+            clipped.append({"index": index, "text": word.text, "quad": list(quad)})
+            word = replace(word, quad=inside)
+        words.append(word)
     if record.charseg_path is not None:
         if not record.charseg_path.is_file():
-            return f"missing_charseg: {record.charseg_path} does not exist"
+            return f"missing_charseg: {record.charseg_path} does not exist", record
         try:
             charseg = np.load(record.charseg_path, allow_pickle=False)
         except Exception as exc:
-            return f"bad_charseg: {record.charseg_path.name} does not load ({type(exc).__name__}: {exc})"
+            problem = f"bad_charseg: {record.charseg_path.name} does not load ({type(exc).__name__}: {exc})"
+            return problem, record
         if charseg.shape != tuple(cfg.charseg_shape) or not np.issubdtype(charseg.dtype, np.integer):
             return (
                 f"bad_charseg: {record.charseg_path.name} is {charseg.dtype} {charseg.shape}, "
                 f"expected an integer map of shape {tuple(cfg.charseg_shape)}"
-            )
-    return None
+            ), record
+    if not clipped:
+        return None, record
+    normalised = sorted({*record.extra.get("normalised", ()), CLIPPED_OCR_BOX})
+    extra = {**record.extra, "normalised": normalised, "clipped": True, "clipped_words": clipped}
+    return None, replace(record, words=tuple(words), extra=extra)
+
+
+def quad_area(quad: tuple[float, ...]) -> float:
+    """Area of a quadrilateral (x1, y1, ..., x4, y4) by the shoelace formula, in square pixels."""
+    xs, ys = quad[0::2], quad[1::2]
+    return abs(sum(xs[i] * ys[(i + 1) % 4] - xs[(i + 1) % 4] * ys[i] for i in range(4))) / 2
+
+
+def clip_quad(quad: tuple[float, ...], width: int, height: int) -> tuple[float, ...]:
+    """`quad` with each corner moved into the image [0, width] x [0, height].
+
+    Exact for the axis-aligned boxes most OCR lines are; a rotated quad crossing the edge keeps four
+    corners (a `WordBox` has four) that cover the visible part approximately. The corners are put back
+    clockwise from the top left, since clamping can change which corner that is.
+    """
+    if all(0 <= quad[i] <= (width if i % 2 == 0 else height) for i in range(8)):
+        return quad
+    points = [(min(max(quad[i], 0.0), width), min(max(quad[i + 1], 0.0), height)) for i in range(0, 8, 2)]
+    return clockwise_from_top_left(points)
 
 
 def deduplicate(verdicts: list[Verdict]) -> list[Verdict]:
@@ -235,6 +311,20 @@ class ValidationResult:
 
     def reasons(self) -> dict[str, int]:
         return dict(sorted(Counter(v.reason_code for v in self.quarantined).items()))
+
+    @property
+    def normalised(self) -> int:
+        """Kept records that were tidied (text, OCR boxes) rather than quarantined."""
+        return sum(1 for v in self.kept if v.normalised)
+
+    def normalisations(self) -> dict[str, int]:
+        """Kept records per normalisation code (a record tidied two ways counts under both)."""
+        return dict(sorted(Counter(code for v in self.kept for code in v.normalised).items()))
+
+    @property
+    def clipped_boxes(self) -> int:
+        """OCR boxes clipped to their image, over all kept records."""
+        return sum(v.clipped_boxes for v in self.kept)
 
 
 def validate_records(

@@ -51,6 +51,10 @@ def _print_validation(summary, console) -> None:
     table.add_row("quarantined", str(summary.quarantined))
     for reason, n in summary.reasons.items():
         table.add_row(f"  {reason}", str(n))
+    table.add_row("normalised (kept)", str(summary.normalised))
+    for code, n in summary.normalisations.items():
+        boxes = f" ({summary.clipped_boxes} boxes)" if code == "clipped_ocr_box" else ""
+        table.add_row(f"  {code}", f"{n}{boxes}")
     console.print(table)
 
 
@@ -215,7 +219,7 @@ def ingest(
     _print_prepare(prepared, console)
     console.print(
         f"[bold]{dataset}[/]: {summary.kept} records kept, {summary.quarantined} quarantined "
-        f"({out / 'quarantine.jsonl'}); prepared dataset in {out}"
+        f"({out / 'quarantine.jsonl'}), {summary.normalised} of the kept normalised; prepared dataset in {out}"
     )
 
 

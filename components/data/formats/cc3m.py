@@ -9,7 +9,9 @@ Layout (MiniGPT-5's `datasets/CC3M`)::
 quoting (a caption cannot hold a tab or a newline). Each data line becomes a `CaptionImagePair`
 whose id is the image path as written, without its suffix ("val/000007775"). A line with the
 wrong number of fields, no image path, or bytes that are not UTF-8 becomes a `ReadFailure`
-("file:line"); an empty caption is kept (validation decides). Blank lines are skipped.
+("file:line"); an empty caption is kept (validation decides). Blank lines are skipped. Captions are
+tidied (`files.tidy_text`: HTML character references, runs of whitespace), noted in
+extra["normalised"].
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pathlib import Path, PurePosixPath
 
 from components.data.formats.files import (
     decode_text,
+    normalised_extra,
     printable,
     relative_posix,
     single_file,
+    tidy_text,
     under,
     utf8_problem,
 )
@@ -74,12 +78,14 @@ def _read(tsv: Path) -> Iterator[CaptionImagePair | ReadFailure]:
             yield ReadFailure(ref=ref, reason="missing required field image_path", raw=printable(line))
             continue
         image_path = under(folder, relative)
+        caption, changes = tidy_text(fields[caption_col])
         yield CaptionImagePair(
             id=str(PurePosixPath(relative).with_suffix("")),
             image_path=image_path,
-            caption=fields[caption_col].strip(),
+            caption=caption,
             source=SOURCE,
             groundtruth=groundtruth.for_image(image_path),
+            extra=normalised_extra({}, changes),
         )
 
 

@@ -6,15 +6,27 @@ Text is decoded as UTF-8 with `surrogateescape`: bytes that are not UTF-8 surviv
 surrogates, so one bad line or field can be reported (`utf8_problem`) while the rest of the file
 is still read. That is how a latin-1 caption becomes a `ReadFailure` naming the encoding instead
 of mojibake.
+
+Text that is only untidy is normalised, not rejected: `tidy_text` decodes HTML character
+references and collapses runs of whitespace, and readers record what it changed in the record's
+`extra["normalised"]`, which validation counts.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 _SURROGATES = re.compile("[\udc80-\udcff]")
+# Only references closed by ';'. html.unescape alone also decodes HTML5's legacy names without one,
+# which turns ordinary text into symbols: "Fish&notes" -> "Fish¬es", "R&copy" -> "R©".
+_CHARACTER_REFERENCE = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+
+HTML_ENTITIES = "html_entities"
+WHITESPACE = "whitespace"
 
 
 def decode_text(data: bytes) -> str:
@@ -34,6 +46,34 @@ def utf8_problem(text: str, what: str) -> str | None:
         f"{what} is not valid UTF-8 (byte 0x{byte:02x} at character {match.start()}; "
         "wrong encoding, e.g. latin-1?): re-encode the file as UTF-8"
     )
+
+
+def tidy_text(text: str) -> tuple[str, tuple[str, ...]]:
+    """`text` with HTML character references decoded and whitespace collapsed, and what changed.
+
+    Web-scraped captions carry both: LAION alt-text and MMDialog tweets hold "&amp;" and "&gt;"
+    (MiniGPT-5's MMDialog sample has them), MARIO-LAION caption.txt has runs of spaces
+    ("Blechschilder  MOORE"), and a quoted CSV prompt may hold CRLF line breaks. Returns the text
+    stripped, with every run of whitespace (newlines, tabs, no-break spaces) made one space, and the
+    codes of the changes: `HTML_ENTITIES`, `WHITESPACE` (leading/trailing whitespace alone is not
+    counted: every line-based format ends its lines with some).
+    """
+    changes = []
+    unescaped = _CHARACTER_REFERENCE.sub(lambda m: html.unescape(m.group()), text)
+    if unescaped != text:
+        changes.append(HTML_ENTITIES)
+    collapsed = " ".join(unescaped.split())
+    if collapsed != unescaped.strip():
+        changes.append(WHITESPACE)
+    return collapsed, tuple(changes)
+
+
+def normalised_extra(extra: dict, changes: Iterable[str]) -> dict:
+    """`extra` with the normalisation codes `changes` added under "normalised" (sorted, once each)."""
+    codes = set(extra.get("normalised", ())) | set(changes)
+    if not codes:
+        return extra
+    return {**extra, "normalised": sorted(codes)}
 
 
 def printable(text: str, limit: int = 300) -> str:

@@ -15,7 +15,9 @@ not "success" (failed_to_download, failed_to_resize, ...) becomes a `ReadFailure
 img2dataset's error_message; a success row becomes a `CaptionImagePair` with id = key and the
 other columns (url, width, height, sha256, ...) in `extra`. A parquet that cannot be read or
 lacks the key, status or caption column is one `ReadFailure`; a null caption is kept as an empty
-caption (validation decides).
+caption (validation decides). Captions are tidied (`files.tidy_text`: LAION alt-text is full of
+"&amp;" and doubled spaces), noted in extra["normalised"]. `width`/`height` differing from
+`original_width`/`original_height` is normal (img2dataset resized the download) and kept as is.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from components.data.formats.files import absolute, require_dir, utf8_problem
+from components.data.formats.files import absolute, normalised_extra, require_dir, tidy_text, utf8_problem
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import CaptionImagePair, ReadFailure
 from components.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -94,17 +96,16 @@ def _read(folder: Path, shards: list[Path]) -> Iterator[CaptionImagePair | ReadF
                 yield ReadFailure(ref=ref, reason=problem)
                 continue
             image_path = image_file(shard_dir, key)
+            caption, changes = tidy_text(caption)
+            left_out = ("key", "caption", "status", "error_message")
+            columns = {k: v for k, v in row.items() if k not in left_out and v is not None}
             yield CaptionImagePair(
                 id=key,
                 image_path=image_path,
-                caption=caption.strip(),
+                caption=caption,
                 source=SOURCE,
                 groundtruth=groundtruth.for_image(image_path),
-                extra={
-                    k: v
-                    for k, v in row.items()
-                    if k not in ("key", "caption", "status", "error_message") and v is not None
-                },
+                extra=normalised_extra(columns, changes),
             )
 
 

@@ -12,15 +12,21 @@ Layout (TextDiffuser's `data/mario-laion-example`)::
 first 5 of the 9-digit key). Each sample becomes a `TextRichImage` with id "<5 digits>_<9 digits>"
 (the form of TextDiffuser's index files) and extra {"info": info.json}.
 
-OCR boxes are given in a 512x512 frame; the reader rescales them to the image's own size, read
-from the image header (no pixel decoding), or from info.json width/height when the image cannot
-be opened (missing or corrupt files are validation's concern). The real files list a word's four
+OCR boxes are given in a 512x512 frame: TextDiffuser's README has users resize every downloaded
+image to 512x512 (aspect ratio not kept), and info.json keeps img2dataset's width/height and
+original_width/original_height, which differ freely. The reader rescales each axis to the image's
+own size (x * width / 512, y * height / 512), read from the image header (no pixel decoding), or
+from info.json width/height when the image cannot be opened (missing or corrupt files are
+validation's concern). Boxes are kept as the detector wrote them, including those that run past
+the image edge (TextDiffuser's own example 27197/271975131 has x = 532): validation clips those and
+quarantines boxes with no usable part inside. The real files list a word's four
 corners clockwise but from varying corners (the LAION example starts at the bottom left); the
 reader rotates each quad to start at the corner nearest the image's top left (smallest x + y),
 reversing it first if it runs anticlockwise, so `WordBox.quad` always runs clockwise from the top
 left. A sample whose caption.txt or ocr.txt is missing, whose caption is not UTF-8, whose ocr.txt
 or info.json is malformed, whose charseg.npy is not a 2-D integer array, or whose size cannot be
-found is a `ReadFailure`. An empty caption is kept (validation decides).
+found is a `ReadFailure`. An empty caption is kept (validation decides); captions are tidied
+(`files.tidy_text`), noted in extra["normalised"].
 
 charseg classes follow TextDiffuser (`util.py`): class = 1 + index in
 `digits + ascii_lowercase + ascii_uppercase + punctuation + " "` (95 characters), 0 = no character.
@@ -39,7 +45,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from components.data.formats.files import absolute, decode_text, printable, require_dir, utf8_problem
+from components.data.formats.files import (
+    absolute,
+    decode_text,
+    normalised_extra,
+    printable,
+    require_dir,
+    tidy_text,
+    utf8_problem,
+)
 from components.data.formats.groundtruth import GroundTruth, load_groundtruth
 from components.data.records import ReadFailure, TextRichImage, WordBox
 from components.fileio import atomic_write_bytes, atomic_write_text
@@ -79,10 +93,11 @@ def _sample(sample: Path, groundtruth: GroundTruth) -> TextRichImage | ReadFailu
     for name in ("caption.txt", "ocr.txt"):
         if not (sample / name).is_file():
             return ReadFailure(ref=str(sample), reason=f"missing required file {name}")
-    caption = decode_text((sample / "caption.txt").read_bytes()).strip()
+    caption = decode_text((sample / "caption.txt").read_bytes())
     problem = utf8_problem(caption, "caption.txt")
     if problem:
-        return ReadFailure(ref=str(sample / "caption.txt"), reason=problem, raw=printable(caption))
+        return ReadFailure(ref=str(sample / "caption.txt"), reason=problem, raw=printable(caption.strip()))
+    caption, changes = tidy_text(caption)
 
     info: dict[str, Any] = {}
     if (sample / "info.json").is_file():
@@ -133,7 +148,7 @@ def _sample(sample: Path, groundtruth: GroundTruth) -> TextRichImage | ReadFailu
         source=SOURCE,
         charseg_path=charseg_path,
         groundtruth=groundtruth.for_image(image_path),
-        extra={"info": info},
+        extra=normalised_extra({"info": info}, changes),
     )
 
 

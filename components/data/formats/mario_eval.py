@@ -15,6 +15,8 @@ split on whitespace, exactly as written (metrics lower-case them, as `ocr_eval.p
 subset has an images/ folder, extra["image"] is the absolute path of `<index>.jpg` there (missing
 files are validation's concern). A line with bytes that are not UTF-8 is a `ReadFailure`
 ("file:line"); a blank line is kept as an empty prompt (validation decides), so indices stay aligned.
+Prompts are tidied (`files.tidy_text`) before the quoted words are taken, noted in
+extra["normalised"].
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from components.data.formats.files import absolute, decode_text, printable, utf8_problem
+from components.data.formats.files import (
+    absolute,
+    decode_text,
+    normalised_extra,
+    printable,
+    tidy_text,
+    utf8_problem,
+)
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import PromptRecord, ReadFailure
 from components.fileio import atomic_write_text
@@ -67,7 +76,7 @@ def _read(src: Path, subsets: list[Path]) -> Iterator[PromptRecord | ReadFailure
                 yield ReadFailure(ref=f"{path}:{index + 1}", reason=problem, raw=printable(line))
                 continue
             record_id = f"{subset.name}/{index}"
-            prompt = line.strip()
+            prompt, changes = tidy_text(line)
             yield PromptRecord(
                 id=record_id,
                 prompt=prompt,
@@ -75,7 +84,9 @@ def _read(src: Path, subsets: list[Path]) -> Iterator[PromptRecord | ReadFailure
                 category=subset.name,
                 quoted_words=quoted_words(prompt),
                 groundtruth=groundtruth.for_id(record_id),
-                extra={"image": str(absolute(images / f"{index}.jpg"))} if images.is_dir() else {},
+                extra=normalised_extra(
+                    {"image": str(absolute(images / f"{index}.jpg"))} if images.is_dir() else {}, changes
+                ),
             )
 
 

@@ -10,7 +10,9 @@ Layout (MiniGPT-5's `datasets/MMDialog/test`)::
 `src` is a conversations file (.txt or .jsonl) or a folder: every `*conversations*.txt` and
 `*conversations*.jsonl` under it (recursively, sorted) is read, each with the images in its own
 folder. A conversation becomes a `Story` (id = conversation_id) with one step per turn: the turn's
-text (empty when it has none) and its image (None when it has none). A line that is not valid
+text (empty when it has none) and its image (None when it has none: text-only turns are normal,
+e.g. the replies after the photos in MiniGPT-5's sample). Texts are tidied (`files.tidy_text`; the
+tweets hold "&amp;" and "&gt;"), noted in extra["normalised"]. A line that is not valid
 JSON (a truncated line, say), lacks conversation_id/conversation, is malformed, holds bytes that
 are not UTF-8 or a turn with more than one image (a step carries one) is a `ReadFailure`
 ("file:line"). Other top-level keys (e.g. negative_candidate_media_keys) are left out.
@@ -23,7 +25,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from components.data.formats.files import absolute, decode_text, printable, utf8_problem
+from components.data.formats.files import (
+    absolute,
+    decode_text,
+    normalised_extra,
+    printable,
+    tidy_text,
+    utf8_problem,
+)
 from components.data.formats.groundtruth import GroundTruth, load_groundtruth
 from components.data.records import ReadFailure, Story, StoryStep
 from components.fileio import atomic_write_text
@@ -79,7 +88,7 @@ def _conversation(path: Path, line: str, groundtruth: GroundTruth, ref: str) -> 
             raw=printable(line),
         )
     story_id = str(data["conversation_id"])
-    steps = []
+    steps, changes = [], set()
     for index, turn in enumerate(data["conversation"]):
         items = turn.get("turn") if isinstance(turn, dict) else None
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
@@ -99,16 +108,20 @@ def _conversation(path: Path, line: str, groundtruth: GroundTruth, ref: str) -> 
                 raw=printable(line),
             )
         image = absolute(path.parent / f"{media[0]}.jpg") if media else None
+        text, turn_changes = tidy_text(" ".join(texts))
+        changes.update(turn_changes)
         steps.append(
             StoryStep(
-                text=" ".join(t.strip() for t in texts),
+                text=text,
                 image_path=image,
                 groundtruth=groundtruth.for_step(story_id, index),
             )
         )
     if not steps:
         return ReadFailure(ref=ref, reason="conversation has no turns")
-    return Story(id=story_id, steps=tuple(steps), source=SOURCE, extra={"file": path.name})
+    return Story(
+        id=story_id, steps=tuple(steps), source=SOURCE, extra=normalised_extra({"file": path.name}, changes)
+    )
 
 
 def write_mmdialog(path: Path, stories: Iterable[Story]) -> Path:

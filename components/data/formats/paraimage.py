@@ -10,7 +10,7 @@ with image paths relative to the JSON file's folder. Other keys of an entry are 
 the image path without its suffix. A file that is not valid JSON, or not a list, is one
 `ReadFailure`; an entry that is not an object, lacks "image" or "caption", holds non-string
 values or bytes that are not UTF-8 is a `ReadFailure` ("file[index]"). An empty caption is kept
-(validation decides).
+(validation decides); captions are tidied (`files.tidy_text`), noted in extra["normalised"].
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from pathlib import Path, PurePosixPath
 
 from components.data.formats.files import (
     decode_text,
+    normalised_extra,
     printable,
     relative_posix,
     single_file,
+    tidy_text,
     under,
     utf8_problem,
 )
@@ -80,13 +82,16 @@ def _read(path: Path) -> Iterator[CaptionImagePair | ReadFailure]:
             yield ReadFailure(ref=ref, reason=problem, raw=printable(caption))
             continue
         image_path = under(folder, image.strip())
+        caption, changes = tidy_text(caption)
         yield CaptionImagePair(
             id=str(PurePosixPath(image.strip()).with_suffix("")),
             image_path=image_path,
-            caption=caption.strip(),
+            caption=caption,
             source=SOURCE,
             groundtruth=groundtruth.for_image(image_path),
-            extra={k: v for k, v in entry.items() if k not in ("image", "caption")},
+            extra=normalised_extra(
+                {k: v for k, v in entry.items() if k not in ("image", "caption")}, changes
+            ),
         )
 
 

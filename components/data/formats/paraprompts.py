@@ -5,12 +5,15 @@ Layout (ParaDiffusion's `ParaPrompts-400/ParaPrompts_400.csv`)::
     Image,Prompt,Category,Prompt_Chinese
     0f04e2fe766b54523b7fe89174c7b2eb.JPEG,"A large pot was placed on ...",Human,一个烧着火的火炉...
 
-A standard CSV (quoted fields may span lines), UTF-8 with or without BOM. `src` is the .csv or a
+A standard CSV read with the csv module (quoted fields may hold commas, doubled quotes and line
+breaks; LF or CRLF line endings), UTF-8 with or without BOM. `src` is the .csv or a
 folder holding exactly one. Each row becomes a `PromptRecord`: id = the Image value, category
 kept, extra = {"image": Image, "prompt_chinese": Prompt_Chinese (may be empty)}. ParaPrompts
 carry no words to render, so `quoted_words` stays empty. A header without Image, Prompt and
 Category is one `ReadFailure`; a row with the wrong number of fields, no Image value or bytes that
 are not UTF-8 is a `ReadFailure` ("file:line"). An empty prompt is kept (validation decides).
+Prompts are tidied (`files.tidy_text`: a line break inside a quoted prompt becomes a space), noted
+in extra["normalised"]; Prompt_Chinese is kept as written (stripped).
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from components.data.formats.files import decode_text, printable, single_file, utf8_problem
+from components.data.formats.files import (
+    decode_text,
+    normalised_extra,
+    printable,
+    single_file,
+    tidy_text,
+    utf8_problem,
+)
 from components.data.formats.groundtruth import load_groundtruth
 from components.data.records import PromptRecord, ReadFailure
 from components.fileio import atomic_write_text
@@ -63,16 +73,20 @@ def _read(path: Path) -> Iterator[PromptRecord | ReadFailure]:
         if not image:
             yield ReadFailure(ref=ref, reason="missing required field Image", raw=raw)
             continue
+        prompt, changes = tidy_text(row[col["Prompt"]])
         yield PromptRecord(
             id=image,
-            prompt=row[col["Prompt"]].strip(),
+            prompt=prompt,
             source=SOURCE,
             category=row[col["Category"]].strip() or None,
             groundtruth=groundtruth.for_id(image),
-            extra={
-                "image": image,
-                "prompt_chinese": row[col["Prompt_Chinese"]].strip() if "Prompt_Chinese" in col else "",
-            },
+            extra=normalised_extra(
+                {
+                    "image": image,
+                    "prompt_chinese": row[col["Prompt_Chinese"]].strip() if "Prompt_Chinese" in col else "",
+                },
+                changes,
+            ),
         )
 
 

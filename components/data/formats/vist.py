@@ -12,7 +12,9 @@ test. Each story becomes a `Story` (id = story_id, steps ordered by sequence_ind
 and the image ids). A story file without its mapping, or that is not valid JSON, is one
 `ReadFailure`; a story with a malformed step, a duplicate sequence_index, an image id missing
 from the mapping or a caption that is not UTF-8 is a `ReadFailure` ("file:story_id"). Empty
-captions are kept.
+captions are kept; captions are tidied (`files.tidy_text`), noted in extra["normalised"]. A mapped
+image that is not on disk is validation's concern: it quarantines the story as `missing_image`,
+naming the step (a story is one record: its steps build on each other).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from typing import Any
 
 from components.data.formats.files import (
     decode_text,
+    normalised_extra,
     printable,
     relative_posix,
     require_dir,
+    tidy_text,
     under,
     utf8_problem,
 )
@@ -110,7 +114,7 @@ def _story(
     if len(set(indices)) != len(indices):
         return ReadFailure(ref=ref, reason=f"duplicate sequence_index values {sorted(indices)}")
     ordered = sorted(steps, key=lambda s: s["sequence_index"])
-    out = []
+    out, changes = [], set()
     for position, step in enumerate(ordered):
         relative = str(mapping[str(step["image_id"])])
         problem = utf8_problem(step["caption"], f"caption of step {position}") or utf8_problem(
@@ -119,9 +123,11 @@ def _story(
         if problem:
             return ReadFailure(ref=ref, reason=problem)
         image_path = under(folder, relative)
+        text, step_changes = tidy_text(step["caption"])
+        changes.update(step_changes)
         out.append(
             StoryStep(
-                text=step["caption"].strip(),
+                text=text,
                 image_path=image_path,
                 groundtruth=groundtruth.for_step(story_id, position),
             )
@@ -130,7 +136,7 @@ def _story(
         id=story_id,
         steps=tuple(out),
         source=SOURCE,
-        extra={"split": split, "image_ids": [str(s["image_id"]) for s in ordered]},
+        extra=normalised_extra({"split": split, "image_ids": [str(s["image_id"]) for s in ordered]}, changes),
     )
 
 

@@ -13,6 +13,7 @@ by story_id and ordered by worker_arranged_photo_order. `src` is the folder (eve
 .jpg, .png, .jpeg or .gif (VIST ships a few non-JPEG photos); when none exists the record still
 names `<id>.jpg` there and validation reports the missing file. An annotation without a
 story_id is a `ReadFailure` of its own; any other malformed sentence fails its whole story.
+Sentences are tidied (`files.tidy_text`), noted in extra["normalised"].
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.data.formats.files import absolute, decode_text, printable, utf8_problem
+from components.data.formats.files import (
+    absolute,
+    decode_text,
+    normalised_extra,
+    printable,
+    tidy_text,
+    utf8_problem,
+)
 from components.data.formats.groundtruth import GroundTruth, load_groundtruth
 from components.data.records import ReadFailure, Story, StoryStep
 
@@ -108,15 +116,17 @@ def _story(
     if len(set(orders)) != len(orders):
         return ReadFailure(ref=ref, reason=f"duplicate worker_arranged_photo_order values {sorted(orders)}")
     ordered = sorted((s for _, s in sentences), key=lambda s: s["worker_arranged_photo_order"])
-    steps = []
+    steps, changes = [], set()
     for position, sentence in enumerate(ordered):
         problem = utf8_problem(sentence["text"], f"text of sentence {position}")
         if problem:
             return ReadFailure(ref=ref, reason=problem)
         image = photo_path(folder, split, str(sentence["photo_flickr_id"]))
+        text, sentence_changes = tidy_text(sentence["text"])
+        changes.update(sentence_changes)
         steps.append(
             StoryStep(
-                text=sentence["text"].strip(),
+                text=text,
                 image_path=image,
                 groundtruth=groundtruth.for_step(story_id, position),
             )
@@ -125,5 +135,7 @@ def _story(
         id=story_id,
         steps=tuple(steps),
         source=SOURCE,
-        extra={"split": split, "photo_flickr_ids": [str(s["photo_flickr_id"]) for s in ordered]},
+        extra=normalised_extra(
+            {"split": split, "photo_flickr_ids": [str(s["photo_flickr_id"]) for s in ordered]}, changes
+        ),
     )

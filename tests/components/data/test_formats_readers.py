@@ -118,7 +118,9 @@ def test_paraprompts_keeps_categories_and_chinese():
     a1 = records["a1.JPEG"]
     assert isinstance(a1, PromptRecord) and a1.category == "Colour Binding" and a1.quoted_words == ()
     assert a1.extra == {"image": "a1.JPEG", "prompt_chinese": "一个红色的圆"}
-    assert records["a2.JPEG"].prompt == "A paragraph that spans\ntwo lines, with a comma inside the quotes."
+    # The quoted prompt spans two lines in the file; the line break is tidied to a space and noted.
+    assert records["a2.JPEG"].prompt == "A paragraph that spans two lines, with a comma inside the quotes."
+    assert records["a2.JPEG"].extra["normalised"] == ["whitespace"]
     assert records["a3.JPEG"].prompt == ""
     assert "got 5" in failures["ParaPrompts_fixture.csv:6"]
     assert "Image" in failures["ParaPrompts_fixture.csv:7"]
