@@ -1,11 +1,13 @@
 """The attention kernel compiled and run on a CUDA GPU: the bf16 grid the interpreter cannot check,
 the real SD UNet shapes, autotuning over the full config set, and the processor in half precision."""
 
+import copy
+
 import pytest
 import torch
 
 from serving.kernels.flash_attention import GPU_CONFIGS, INTERPRET, attention_forward_kernel, flash_attention
-from serving.kernels.selftest import ParityCase, make_inputs, parity_grid, reference_attention, run_case
+from serving.kernels.selftest import ParityCase, attention_error_bound, make_inputs, parity_grid, run_case
 
 pytestmark = [
     pytest.mark.gpu,
@@ -23,7 +25,8 @@ BF16_AND_LARGE = [
 def test_kernel_matches_sdpa_on_gpu(case: ParityCase):
     result = run_case(case, torch.device("cuda"))
     assert result.all_written, "the kernel left output elements unwritten"
-    assert result.passed, f"max abs error {result.max_abs_error:.3e} > {result.atol:.0e}"
+    # Each element within the error its arithmetic allows (selftest.attention_error_bound).
+    assert result.passed, f"max abs error {result.max_abs_error:.3e}, {result.error_to_bound:.2f}x its bound"
 
 
 def test_autotuner_picks_from_the_gpu_config_set():
@@ -32,7 +35,8 @@ def test_autotuner_picks_from_the_gpu_config_set():
     query, key, value = make_inputs(case, torch.device("cuda"))
     out = flash_attention(query, key, value)
     assert attention_forward_kernel.best_config in GPU_CONFIGS
-    torch.testing.assert_close(out.float(), reference_attention(query, key, value), atol=1e-2, rtol=0)
+    expected, bound = attention_error_bound(query, key, value)  # float64, and fp16's error bound per element
+    assert ((out.double() - expected).abs() <= bound).all()
 
 
 @torch.no_grad()
@@ -61,10 +65,15 @@ def test_unet_processor_in_half_precision_on_gpu(dtype: torch.dtype):
     latents = torch.randn(2, 4, 32, 32, device="cuda", dtype=dtype)
     text = torch.randn(2, 77, 64, device="cuda", dtype=dtype)
     timesteps = torch.tensor([10, 700], device="cuda")
-    expected = unet(latents, timesteps, text).sample.float()
+    truth = copy.deepcopy(unet).double()(latents.double(), timesteps, text.double()).sample
+    expected = unet(latents, timesteps, text).sample
     processor = TritonAttnProcessor()
     unet.set_attn_processor(processor)
-    result = unet(latents, timesteps, text).sample.float()
+    result = unet(latents, timesteps, text).sample
     assert processor.kernel_calls == 8 and processor.fallback_calls == 0
-    # Both runs round in half precision; compare relative to the output's scale.
-    assert (result - expected).abs().max() <= 2e-2 * expected.abs().max()
+    # Both paths round every layer in half precision and differ only in the attention product, whose
+    # error bound is the same for SDPA and the kernel: the Triton path may be at most twice as far from
+    # the float64 network as PyTorch's own (see test_kernels_attention_processor.py).
+    triton_error = (result.double() - truth).abs().max()
+    pytorch_error = (expected.double() - truth).abs().max()
+    assert triton_error <= 2 * pytorch_error, f"Triton {triton_error:.3e}, PyTorch {pytorch_error:.3e}"
