@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from machine_load import start_watch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,6 +59,7 @@ def main() -> int:
         "--rep", type=int, default=200, help="milliseconds of timed repetitions per measurement"
     )
     args = parser.parse_args()
+    machine = start_watch()
 
     if not torch.cuda.is_available():
         print("No CUDA GPU on this machine: the Triton kernel's throughput can only be measured on a GPU.")
@@ -78,13 +80,7 @@ def main() -> int:
         f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}"
         f" | {args.dtype}"
     )
-    header = (
-        f"{'shape':<18} {'BxH':>6} {'N_q x N_kv':>11} {'d':>4}"
-        f" {'triton TFLOP/s':>15} {'SDPA flash TFLOP/s':>19}"
-        f" {'ratio':>6} {'max err':>9}  best config"
-    )
-    print(header)
-    print("-" * len(header))
+    measured = []
     for label, batch, heads, n_q, n_kv, head_dim in rows:
         torch.manual_seed(0)
         q = diffusers_layout(batch, heads, n_q, head_dim, dtype)  # (B, H, N_q, D)
@@ -111,10 +107,21 @@ def main() -> int:
         tiling = (
             f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']} w{config.num_warps} s{config.num_stages}"
         )
-        print(
+        measured.append(
             f"{label:<18} {f'{batch}x{heads}':>6} {f'{n_q}x{n_kv}':>11} {head_dim:>4} "
             f"{flops / triton_ms * 1e-9:15.1f} {sdpa_text} {ratio_text} {max_err}  {tiling}"
         )
+
+    machine.report()
+    header = (
+        f"{'shape':<18} {'BxH':>6} {'N_q x N_kv':>11} {'d':>4}"
+        f" {'triton TFLOP/s':>15} {'SDPA flash TFLOP/s':>19}"
+        f" {'ratio':>6} {'max err':>9}  best config"
+    )
+    print(header)
+    print("-" * len(header))
+    for line in measured:
+        print(line)
     print("ratio = Triton / SDPA flash throughput (> 1: the Triton kernel is faster).")
     return 0
 

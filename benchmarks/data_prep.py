@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine_load import start_watch
+
 from components.config import load_config
 from components.data.formats import read_corpus
 from components.data.pipeline_config import DataConfig
@@ -41,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=params.world.laion_short, help="laion_short records to generate")
     args = parser.parse_args()
+    machine = start_watch()
 
     work = Path(tempfile.mkdtemp(prefix="genops-bench-data-"))
     try:
@@ -75,6 +78,7 @@ def main() -> None:
         _, push_s = timed(lambda: subprocess.run([dvc, "push", "-q"], cwd=repo, check=True))
         size_mb = sum(p.stat().st_size for p in (repo / "data" / "laion_short").rglob("*") if p.is_file()) / 1e6
 
+        machine.report()
         n = len(records)
         rows = [
             ("validate, in-process", n, local_s, n / local_s),

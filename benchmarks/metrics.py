@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine_load import start_watch
 
 from components.data.scene import render_scene, sample_scene
 from components.data.synthetic.textrich import render_textrich, sample_layout, textrich_caption
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--ocr-images", type=int, default=16, help="Images per OCR measurement.")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is local; never reach the hub
+    machine = start_watch()
 
     rng = random.Random(0)
     layouts = [sample_layout(rng, 256) for _ in range(max(args.images, args.ocr_images))]
@@ -142,6 +144,7 @@ def main() -> None:
     s, ips = timed(lambda: text_faithfulness(scene_images, named), n)
     rows.append(("Text faithfulness", "analytic detector, 64 px scenes", n, s, ips))
 
+    machine.report()
     print(
         f"\nMetric throughput on this machine ({os.cpu_count()} CPUs, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, OCR on onnxruntime {providers})\n"

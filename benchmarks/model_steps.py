@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine_load import start_watch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedTokenizerFast
@@ -114,6 +115,7 @@ def main() -> None:
         parser.error("--profile paper: paper-size models need a GPU; this benchmark measures CPU steps")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    machine = start_watch()
 
     batch = dict(DEMO_BATCH)
     for item in args.batch:
@@ -175,11 +177,10 @@ def main() -> None:
 
         measure("sd_base + VAE encode", sd, n, with_encode, "latents encoded every step")
 
+    machine.report()
     print()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"profile {args.profile}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {load} on {os.cpu_count()} CPUs; "
-          f"one step = forward + backward + {'AdamW' if args.unfused_adamw else 'AdamW(fused=True)'}")
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; one step = forward + backward + {'AdamW' if args.unfused_adamw else 'AdamW(fused=True)'}")
     threads = torch.get_num_threads()
     header = (f"{'model':<22}{'params':>9}{'batch':>7}{'GFLOP/step':>12}{'wall steps/s':>14}{'CPU-s/step':>12}"
               f"{'free steps/s':>14}{'steps/5min':>12}{'vs target':>11}  note")

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch
+from machine_load import start_watch
 from mlflow import MlflowClient
 
 from components.config import load_config
@@ -141,6 +142,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=512, help="laion_short records to generate for the launcher")
     args = parser.parse_args()
     log_every = max(10, args.steps // 6)
+    machine = start_watch()
     work = Path(tempfile.mkdtemp(prefix="genops-bench-train-"))
     try:
         prepared, tokenizer, vae = prepare_inputs(work, args.profile, args.records)
@@ -153,6 +155,7 @@ def main() -> None:
 
         model = SDBase.from_config(cfg.model, AutoTokenizer.from_pretrained(tokenizer))
         params = sum(p.numel() for p in model.parameters()) / 1e6
+        machine.report()
         print(f"\nsd_base ({args.profile}: {params:.1f}M parameters, batch {cfg.train.batch_size}, {args.steps} steps)")
         print(f"{'path':44} {'steps/s':>8} {'ratio':>7}")
         print(f"{'bare PyTorch loop (in-memory batch)':44} {bare:8.3f} {1.0:7.3f}")
