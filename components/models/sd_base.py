@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
@@ -69,6 +70,9 @@ class SDUNetConfig:
     norm_num_groups: int = 8
     # linear (instead of 1x1 conv) projections in and out of the transformer blocks, as SD 2.x
     use_linear_projection: bool = True
+    # a learned 2D position embedding (sin-cos initialised) added to the tokens entering every transformer
+    # block, so that cross-attention queries know where they are (`PositionedProjection`)
+    position_embedding: bool = False
 
     def __post_init__(self) -> None:
         levels = len(self.block_out_channels)
@@ -106,6 +110,13 @@ class SDUNetConfig:
             raise ValueError(f"unet.layers_per_block must be >= 1, got {self.layers_per_block}")
         if self.transformer_layers_per_block < 1:
             raise ValueError(f"unet.transformer_layers_per_block must be >= 1, got {self.transformer_layers_per_block}")
+        if self.position_embedding and not self.use_linear_projection:
+            raise ValueError("unet.position_embedding adds to the tokens of a linear proj_in: set unet.use_linear_projection=true")
+        if self.position_embedding and any(w % 4 for w in self.block_out_channels):
+            raise ValueError(
+                f"unet.position_embedding needs every unet.block_out_channels entry divisible by 4 (2D sin-cos "
+                f"init), got {list(self.block_out_channels)}"
+            )
 
 
 @dataclass
@@ -124,7 +135,7 @@ def build_unet(cfg: SDUNetConfig, cross_attention_dim: int) -> UNet2DConditionMo
     """A randomly initialised UNet2DConditionModel, SD-style (cross-attention levels first, mid block cross-attn)."""
     down_block_types = tuple("CrossAttnDownBlock2D" if x else "DownBlock2D" for x in cfg.cross_attention)
     up_block_types = tuple("CrossAttnUpBlock2D" if x else "UpBlock2D" for x in reversed(cfg.cross_attention))
-    return UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=cfg.sample_size,
         in_channels=cfg.latent_channels,
         out_channels=cfg.latent_channels,
@@ -139,6 +150,94 @@ def build_unet(cfg: SDUNetConfig, cross_attention_dim: int) -> UNet2DConditionMo
         norm_num_groups=cfg.norm_num_groups,
         use_linear_projection=cfg.use_linear_projection,
     )
+    return add_position_embeddings(unet) if cfg.position_embedding else unet
+
+
+def sincos_position_embedding(side: int, width: int) -> torch.Tensor:
+    """2D sin-cos position embedding of a side x side grid, (side * side, width), row-major like the tokens.
+
+    Half the channels encode the row, half the column, each as sin/cos at geometric frequencies
+    (MAE's 2D form of the Transformer's 1D embedding, He et al. 2022).
+    """
+    if width % 4:
+        raise ValueError(f"the 2D sin-cos embedding needs a width divisible by 4, got {width}")
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (D/4,)
+    coords = torch.arange(side, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # (side, side) each
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1) * omega  # (side*side, D/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (side*side, D/2)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()  # (side*side, D)
+
+
+class PositionedProjection(nn.Linear):
+    """A transformer block's linear `proj_in` whose output tokens get a learned 2D position embedding.
+
+    UNet2DConditionModel's attention has no positional information: a query is a function of the
+    features at its location only, and at high noise those are alike everywhere, so "at the top left"
+    cannot pick out the top left. Adding a position embedding to the tokens entering the transformer
+    blocks (as ViT does; the residual stream around the block stays as diffusers computes it) lets a
+    query depend on where it is. Subclassing nn.Linear keeps the projection's state-dict keys
+    (`proj_in.weight`, `proj_in.bias`) and adds `proj_in.position`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, side: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.side = side
+        self.position = nn.Parameter(
+            sincos_position_embedding(side, out_features).to(device=device, dtype=dtype)
+        )  # (side * side, out_features)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[-2] != self.side * self.side:
+            raise ValueError(
+                f"this projection's position embedding is for a {self.side}x{self.side} grid "
+                f"({self.side * self.side} tokens), got {tokens.shape[-2]} tokens: sample at unet.sample_size"
+            )
+        return super().forward(tokens) + self.position  # (B, side*side, D)
+
+
+def transformer_sides(unet: UNet2DConditionModel) -> list[tuple[str, nn.Module, int]]:
+    """(name, Transformer2DModel, grid side) of every transformer block in the UNet, down, mid, up.
+
+    Down level i works at sample_size / 2**i; the mid block and up_blocks[0] at the deepest level.
+    """
+    side = unet.config.sample_size
+    levels = len(unet.down_blocks)
+    found = []
+    for i, block in enumerate(unet.down_blocks):
+        for j, attention in enumerate(getattr(block, "attentions", None) or []):
+            found.append((f"down_blocks.{i}.attentions.{j}", attention, side // 2**i))
+    for j, attention in enumerate(getattr(unet.mid_block, "attentions", None) or []):
+        found.append((f"mid_block.attentions.{j}", attention, side // 2 ** (levels - 1)))
+    for i, block in enumerate(unet.up_blocks):
+        for j, attention in enumerate(getattr(block, "attentions", None) or []):
+            found.append((f"up_blocks.{i}.attentions.{j}", attention, side // 2 ** (levels - 1 - i)))
+    return found
+
+
+def add_position_embeddings(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """Swap every transformer block's linear proj_in for a `PositionedProjection` (weights kept), in place."""
+    for name, transformer, side in transformer_sides(unet):
+        proj = transformer.proj_in
+        if isinstance(proj, PositionedProjection):
+            continue
+        if not isinstance(proj, nn.Linear):
+            raise ValueError(f"{name}.proj_in is {type(proj).__name__}; position embeddings need use_linear_projection")
+        positioned = PositionedProjection(
+            proj.in_features, proj.out_features, side, bias=proj.bias is not None,
+            device=proj.weight.device, dtype=proj.weight.dtype,
+        )
+        if not proj.weight.is_meta:
+            with torch.no_grad():
+                positioned.weight.copy_(proj.weight)
+                if proj.bias is not None:
+                    positioned.bias.copy_(proj.bias)
+        transformer.proj_in = positioned
+    return unet
 
 
 class SDBase(nn.Module):
@@ -320,6 +419,12 @@ class SDBase(nn.Module):
                     f"{expected.config[key]!r}; the folder was edited inconsistently"
                 )
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
-        unet = UNet2DConditionModel.from_pretrained(path / "unet")
+        if cfg.unet.position_embedding:
+            # diffusers' loader builds a plain UNet and would drop the `proj_in.position` weights: build it
+            # from its config, add the embeddings, then load every weight strictly
+            unet = add_position_embeddings(UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path / "unet")))
+            unet.load_state_dict(load_file(path / "unet" / "diffusion_pytorch_model.safetensors"), strict=True)
+        else:
+            unet = UNet2DConditionModel.from_pretrained(path / "unet")
         tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer") if (path / "tokenizer").is_dir() else None
         return cls(cfg, text_encoder, unet, tokenizer)

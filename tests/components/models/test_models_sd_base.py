@@ -188,3 +188,45 @@ def test_config_round_trips_through_a_dict():
     from components.config import to_dict
 
     assert from_dict(SDBaseConfig, to_dict(TINY)) == TINY
+
+
+POSITIONED = SDBaseConfig(
+    text=TINY.text,
+    unet=SDUNetConfig(sample_size=8, latent_channels=4, block_out_channels=(16, 32), cross_attention=(True, True),
+                      attention_head_dim=(2, 2), norm_num_groups=8, position_embedding=True),
+    diffusion=TINY.diffusion,
+)
+
+
+def test_position_embedding_reaches_every_transformer_and_round_trips(tokenizer, tmp_path):
+    from components.models.sd_base import PositionedProjection, sincos_position_embedding, transformer_sides
+
+    torch.manual_seed(0)
+    sd = SDBase.from_config(POSITIONED, tokenizer).eval()
+    sides = {name: side for name, _, side in transformer_sides(sd.unet)}
+    assert sides == {"down_blocks.0.attentions.0": 8, "down_blocks.1.attentions.0": 4, "mid_block.attentions.0": 4,
+                     "up_blocks.0.attentions.0": 4, "up_blocks.0.attentions.1": 4, "up_blocks.1.attentions.0": 8,
+                     "up_blocks.1.attentions.1": 8}
+    for _, transformer, side in transformer_sides(sd.unet):
+        assert isinstance(transformer.proj_in, PositionedProjection)
+        assert transformer.proj_in.position.shape == (side * side, transformer.proj_in.out_features)
+    # the embedding tells grid cells apart: no two rows of the sin-cos init are equal
+    table = sincos_position_embedding(4, 16)
+    assert torch.cdist(table, table).add(torch.eye(16) * 9).min() > 0.1
+    # it changes what the UNet computes (zeroing it gives a different prediction)
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    cond = sd.encode_prompts(PROMPTS[:1])
+    with torch.no_grad():
+        before = sd.denoise(x, t, cond)
+        saved = {n: p.clone() for n, p in sd.unet.named_parameters() if n.endswith("proj_in.position")}
+        for name, p in sd.unet.named_parameters():
+            if name.endswith("proj_in.position"):
+                p.zero_()
+        assert not torch.allclose(before, sd.denoise(x, t, cond))
+        sd.unet.load_state_dict(saved, strict=False)
+    loaded = SDBase.from_pretrained(sd.save_pretrained(tmp_path / "positioned")).eval()
+    assert loaded.cfg == POSITIONED
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.denoise(x, t, cond), before)
+    with pytest.raises(ValueError, match="unet.use_linear_projection"):
+        SDUNetConfig(position_embedding=True, use_linear_projection=False)
