@@ -21,3 +21,13 @@ def test_ray_engine_matches_the_local_engine(fmt, ray_session):
     assert [v.record_id for v in distributed.kept] == [v.record_id for v in local.kept]
     assert [(v.record_id, v.reason) for v in distributed.quarantined] == [(v.record_id, v.reason) for v in local.quarantined]
     assert [v.image_sha256 for v in distributed.kept] == [v.image_sha256 for v in local.kept]
+
+
+def test_ray_engine_returns_clipped_records_and_their_counts(ray_session):
+    # TextDiffuser's sample 27197/271975131 has a box past the image edge: validation clips it, and
+    # the clipped record (not the one the driver sent) must come back from the workers.
+    src = FIXTURES / "real" / "mario"
+    local = validate_records(read_corpus("mario", src), ValidationConfig())
+    distributed = validate_records(read_corpus("mario", src), ValidationConfig(), engine=ray_engine(batch_size=2))
+    assert [v.record for v in distributed.kept] == [v.record for v in local.kept]
+    assert (distributed.normalisations(), distributed.clipped_boxes) == ({"clipped_ocr_box": 1, "whitespace": 1}, 1)
