@@ -4,8 +4,9 @@ local       DVC in this checkout with the directory remote in .dvc/config; MLflo
             under mlflow/store/; Ray started on this machine's CPUs on demand.
 production  the same code against servers, configured by environment variables only:
             GENOPS_ROOT (checkout with dvc.yaml), GENOPS_DVC_REMOTE (an S3/GCS/MinIO remote name
-            from .dvc/config), MLFLOW_TRACKING_URI, RAY_ADDRESS, GENOPS_RAY_STORAGE (shared
-            checkpoint storage, e.g. s3://bucket/ray), GENOPS_PROFILE (default paper).
+            from .dvc/config), MLFLOW_TRACKING_URI, RAY_ADDRESS, GENOPS_RAY_STORAGE (the checkpoint
+            folder, one every Ray node mounts, e.g. /shared/ray_results: the launcher takes a filesystem
+            path, not an object-store URI), GENOPS_PROFILE (default paper).
 Dagster's own storage (Postgres in production) is instance configuration: infra/dagster/dagster.yaml.
 """
 

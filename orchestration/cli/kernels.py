@@ -5,12 +5,12 @@ import os
 
 import typer
 
-app = typer.Typer(help="Triton fused-attention kernels used by production sampling.", no_args_is_help=True)
+app = typer.Typer(help="The Triton fused-attention kernel for diffusers attention.", no_args_is_help=True)
 
 
 @app.callback()
 def kernels() -> None:
-    """Triton fused-attention kernels used by production sampling.
+    """The Triton fused-attention kernel for diffusers attention (TritonAttnProcessor).
 
     Check a node before deploying to it: `genops kernels selftest` (add --json for scripts).
     """
