@@ -311,3 +311,53 @@ def sample(
             prediction = denoiser(model_input, t.expand(batch_size), cond)  # (B, C, h, w)
         latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
     return latents
+
+
+@dataclass(frozen=True)
+class NoiseLevelBand:
+    """One band of noise levels: its share of training timesteps, of the training loss weight, and of sampler steps."""
+
+    snr_low: float
+    snr_high: float
+    t_first: int  # smallest timestep in the band (-1 when no timestep falls in it)
+    t_last: int  # largest timestep in the band (-1 when no timestep falls in it)
+    timestep_share: float  # of uniformly drawn training timesteps
+    loss_weight_share: float  # of the summed per-timestep weight on the MSE the loss computes
+    sampler_step_share: float  # of the sampler's denoiser calls
+
+
+def noise_level_profile(
+    noise_scheduler: DDPMScheduler,
+    sampling_scheduler: SamplingScheduler,
+    num_inference_steps: int,
+    snr_gamma: float | None,
+    snr_edges: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
+) -> list[NoiseLevelBand]:
+    """How training and sampling spend themselves across noise levels, band by SNR band (highest noise first).
+
+    Layout is decided at high noise (low SNR): there x_t says almost nothing about where the object is,
+    so only the condition can. With min-SNR-gamma and v-prediction the weight on the MSE,
+    min(SNR, gamma) / (SNR + 1), tends to SNR there: a band can hold a fifth of the timesteps and almost
+    none of the loss.
+    """
+    steps = noise_scheduler.config.num_train_timesteps
+    all_t = torch.arange(steps)
+    snr = compute_snr(noise_scheduler, all_t).double()  # (T,)
+    weights = (torch.ones(steps, dtype=torch.float64) if snr_gamma is None
+               else min_snr_weights(noise_scheduler, all_t, snr_gamma).double())  # (T,)
+    sampling_scheduler.set_timesteps(num_inference_steps)
+    sampled = sampling_scheduler.timesteps.long()
+    sampled_snr = snr[sampled]  # (S,)
+    bounds = [0.0, *snr_edges, float("inf")]
+    bands = []
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        inside = (snr >= low) & (snr < high)  # (T,)
+        ts = all_t[inside]
+        bands.append(NoiseLevelBand(
+            snr_low=low, snr_high=high,
+            t_first=int(ts.min()) if len(ts) else -1, t_last=int(ts.max()) if len(ts) else -1,
+            timestep_share=float(inside.double().mean()),
+            loss_weight_share=float(weights[inside].sum() / weights.sum()),
+            sampler_step_share=float(((sampled_snr >= low) & (sampled_snr < high)).double().mean()),
+        ))
+    return bands

@@ -254,3 +254,21 @@ def test_sampling_starts_where_the_prediction_is_well_posed(prediction_type, sam
         # an epsilon model's x0 estimate divides by alpha_t: start where 1/alpha_t is in the hundreds, not 2e4
         assert half_log_snr >= -5.1 - 1e-3 and first >= 950, (first, half_log_snr)
 
+
+
+def test_noise_level_profile_shows_min_snr_v_starving_high_noise():
+    from components.diffusion import noise_level_profile
+
+    v = make_noise_scheduler(DiffusionConfig(prediction_type="v_prediction"))
+    min_snr = noise_level_profile(v, make_sampling_scheduler(v, "dpmsolver++"), 25, snr_gamma=5.0)
+    plain = noise_level_profile(v, make_sampling_scheduler(v, "dpmsolver++"), 25, snr_gamma=None)
+    for bands in (min_snr, plain):
+        assert sum(b.timestep_share for b in bands) == pytest.approx(1.0)
+        assert sum(b.loss_weight_share for b in bands) == pytest.approx(1.0)
+        assert sum(b.sampler_step_share for b in bands) == pytest.approx(1.0)
+    high_noise = [i for i, b in enumerate(min_snr) if b.snr_high <= 0.1]
+    timesteps = sum(min_snr[i].timestep_share for i in high_noise)
+    assert timesteps > 0.15  # the cosine schedule spends a fifth of its timesteps below SNR 0.1 ...
+    assert sum(min_snr[i].loss_weight_share for i in high_noise) < 0.03  # ... min-SNR-5 with v gives them ~2%
+    assert sum(plain[i].loss_weight_share for i in high_noise) == pytest.approx(timesteps)
+    assert min_snr[0].t_last == 999 and min_snr[0].sampler_step_share > 0  # trailing: sampling starts at the top
