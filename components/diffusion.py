@@ -14,6 +14,7 @@ prompt, or zeros for vokens) has the same (L, D) with batch B or 1.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -350,7 +351,7 @@ def noise_level_profile(
     sampled_snr = snr[sampled]  # (S,)
     bounds = [0.0, *snr_edges, float("inf")]
     bands = []
-    for low, high in zip(bounds[:-1], bounds[1:]):
+    for low, high in itertools.pairwise(bounds):
         inside = (snr >= low) & (snr < high)  # (T,)
         ts = all_t[inside]
         bands.append(NoiseLevelBand(

@@ -83,7 +83,7 @@ def linear_probe_accuracy(features: np.ndarray, labels: Sequence[str], test_frac
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     order = np.random.default_rng(seed).permutation(len(labels))
-    cut = int(round(len(labels) * (1.0 - test_fraction)))
+    cut = round(len(labels) * (1.0 - test_fraction))
     train, test = order[:cut], order[cut:]
     y = np.asarray(labels)
     scaler = StandardScaler().fit(features[train])

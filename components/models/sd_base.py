@@ -226,7 +226,7 @@ def add_position_embeddings(unet: UNet2DConditionModel) -> UNet2DConditionModel:
         if isinstance(proj, PositionedProjection):
             continue
         if not isinstance(proj, nn.Linear):
-            raise ValueError(f"{name}.proj_in is {type(proj).__name__}; position embeddings need use_linear_projection")
+            raise TypeError(f"{name}.proj_in is {type(proj).__name__}; position embeddings need use_linear_projection")
         positioned = PositionedProjection(
             proj.in_features, proj.out_features, side, bias=proj.bias is not None,
             device=proj.weight.device, dtype=proj.weight.dtype,
