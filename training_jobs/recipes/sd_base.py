@@ -10,6 +10,7 @@ Sample grids use fixed validation prompts and a fixed seed with the EMA weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,8 @@ class DataSection:
     """Validation prompts in the fixed-seed sample grid."""
     eval_prompts: int = 32
     """Validation prompts whose samples are checked against the scene ground truth at the end (0: skip)."""
+    one_object_steps: int = 0
+    """Curriculum: the first this many steps train on one-object scenes only (then every scene)."""
 
 
 @dataclass
@@ -117,6 +120,8 @@ def train(config: dict) -> None:
     else:
         batches = batch_stream(train_shards, decode, collate_pairs, cfg.train.batch_size, seed=cfg.train.seed + run.start,
                                rank=ctx.rank, world_size=ctx.world_size, workers=cfg.train.dataloader_workers)
+    if cfg.data.one_object_steps > run.start:
+        batches = one_object_first(batches, cfg.data.one_object_steps - run.start, cfg.train.batch_size)
     val_count = max(cfg.data.grid_prompts, cfg.data.eval_prompts, 2)
     val = collate_pairs(first_samples(shard_paths(root, cfg.data.datasets, "val"), decode, val_count))
 
@@ -156,6 +161,25 @@ def train(config: dict) -> None:
         _log_samples(model, ema, vae, val["caption"][: cfg.data.grid_prompts], ctx, cfg.train.steps)
         ctx.log.text("\n".join(val["caption"][: cfg.data.grid_prompts]), "samples/prompts.txt")
     report(ctx, final_metrics, save_final)
+
+
+def one_object_first(batches: Iterator[dict], steps: int, batch_size: int) -> Iterator[dict]:
+    """The first `steps` batches from the one-object scenes of `batches` only (their rows regrouped into
+    full batches), then `batches` as they come: a curriculum from single objects to scenes."""
+    pending: list[dict] = []
+    made = 0
+    for batch in batches:
+        if made >= steps:
+            yield batch
+            continue
+        for i, gt in enumerate(batch["groundtruth"]):
+            if gt and "scene" in gt and len(gt["scene"]["objects"]) == 1:
+                pending.append({key: value[i] for key, value in batch.items()})
+        while len(pending) >= batch_size and made < steps:
+            rows, pending = pending[:batch_size], pending[batch_size:]
+            yield {key: torch.stack([r[key] for r in rows]) if isinstance(rows[0][key], torch.Tensor)
+                   else [r[key] for r in rows] for key in rows[0]}
+            made += 1
 
 
 @torch.no_grad()
