@@ -7,7 +7,8 @@ training scripts expect, as small functions a recipe composes (no trainer framew
 - `train_step`: one optimizer step over `grad_accum_steps` micro-batches.
 - `seed_everything`, `autocast`, `build_optimizer`, `build_lr_scheduler`, `clip_gradients`.
 - `TrainState`: model/EMA/optimizer/scheduler/RNG/step saved to a checkpoint folder (weights as
-  safetensors, the rest loaded back with `weights_only=True`: nothing is unpickled from a file).
+  safetensors, the rest loaded back with `weights_only=True`: nothing is unpickled from a file),
+  plus any further modules and optimizers a recipe trains beside the model (a GAN's discriminator).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -185,18 +186,26 @@ class TrainState:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         ema: ExponentialMovingAverage | None,
+        extra: Mapping[str, nn.Module | torch.optim.Optimizer] | None = None,
     ) -> None:
+        """`extra`: further modules (saved as `<name>.safetensors`) and optimizers (in state.pt) by name."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()},
                   path / "model.safetensors")
         if ema is not None:
             save_file({k: v.contiguous().cpu() for k, v in ema.shadow.items()}, path / "ema.safetensors")
+        extra = dict(extra or {})
+        for name, module in extra.items():
+            if isinstance(module, nn.Module):
+                save_file({k: v.detach().contiguous().cpu() for k, v in unwrap(module).state_dict().items()},
+                          path / f"{name}.safetensors")
         torch.save(
             {
                 "step": step,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "extra_optimizers": {n: o.state_dict() for n, o in extra.items() if not isinstance(o, nn.Module)},
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "numpy": _numpy_rng_state(),
@@ -213,8 +222,10 @@ class TrainState:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         ema: ExponentialMovingAverage | None,
+        extra: Mapping[str, nn.Module | torch.optim.Optimizer] | None = None,
     ) -> int:
-        """Restore a checkpoint into the given objects and return the step to continue from."""
+        """Restore a checkpoint into the given objects (and the `extra` ones saved by name) and return
+        the step to continue from."""
         path = Path(path)
         module = unwrap(model)
         device = next(module.parameters()).device
@@ -224,6 +235,17 @@ class TrainState:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        saved_optimizers = state.get("extra_optimizers", {})
+        for name, obj in (extra or {}).items():
+            if isinstance(obj, nn.Module):
+                if not (path / f"{name}.safetensors").is_file():
+                    raise FileNotFoundError(f"checkpoint {path} has no {name}.safetensors: it was written by a run without a {name}")
+                inner = unwrap(obj)
+                inner.load_state_dict(load_file(path / f"{name}.safetensors", device=str(next(inner.parameters()).device)))
+            elif name in saved_optimizers:
+                obj.load_state_dict(saved_optimizers[name])
+            else:
+                raise KeyError(f"checkpoint {path} has no state of optimizer {name!r}: it was written by a run without it")
         torch.set_rng_state(state["rng"]["torch"])
         keys, pos, has_gauss, cached = state["rng"]["numpy"]
         np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

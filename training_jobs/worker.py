@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -96,7 +96,7 @@ def report(ctx: WorkerContext, metrics: dict[str, float], write_checkpoint: Call
     ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
 
 
-def resume_step(ctx: WorkerContext, model: nn.Module, optimizer, scheduler, ema) -> int:
+def resume_step(ctx: WorkerContext, model: nn.Module, optimizer, scheduler, ema, extra=None) -> int:
     """Restore the latest checkpoint of a relaunched job into these objects; the step to start from (0 if new).
 
     A resumed job says so in its run: metric `resumed_from_step`.
@@ -104,7 +104,7 @@ def resume_step(ctx: WorkerContext, model: nn.Module, optimizer, scheduler, ema)
     with resume_checkpoint() as checkpoint:
         if checkpoint is None:
             return 0
-        step = TrainState.load(checkpoint, model, optimizer, scheduler, ema)
+        step = TrainState.load(checkpoint, model, optimizer, scheduler, ema, extra)
     ctx.log.metrics({"resumed_from_step": step}, step)
     return step
 
@@ -118,17 +118,26 @@ class TrainingRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: ExponentialMovingAverage | None
     start: int
+    extra: dict[str, nn.Module | torch.optim.Optimizer] = field(default_factory=dict)
 
     def save(self, path: Path, step: int) -> None:
-        """Write the resumable state (weights, EMA, optimizer, schedule, RNG, step) to a checkpoint folder."""
-        TrainState.save(path, step, self.model, self.optimizer, self.scheduler, self.ema)
+        """Write the resumable state (weights, EMA, optimizer, schedule, RNG, step, extras) to a checkpoint folder."""
+        TrainState.save(path, step, self.model, self.optimizer, self.scheduler, self.ema, self.extra)
 
 
-def start_training(ctx: WorkerContext, module: nn.Module, cfg: TrainConfig) -> TrainingRun:
+def start_training(
+    ctx: WorkerContext,
+    module: nn.Module,
+    cfg: TrainConfig,
+    extra: Mapping[str, nn.Module | torch.optim.Optimizer] | None = None,
+) -> TrainingRun:
     """Wrap `module` for DDP, build optimizer/schedule/EMA, resume a relaunched job, and seed this rank.
 
     Build `module` after `seed_everything(cfg.seed)` so every rank starts from the same weights; data
     order and noise are then seeded per rank (and per resume point, so a resumed run does not replay).
+    `extra` names further modules and optimizers the recipe trains and steps itself beside `module`
+    (a GAN's discriminator, already `prepare_model`-ed, and its optimizer): they are saved with every
+    checkpoint and restored on resume.
     """
     if cfg.gradient_checkpointing:
         enable = getattr(module, "enable_gradient_checkpointing", None)
@@ -139,9 +148,9 @@ def start_training(ctx: WorkerContext, module: nn.Module, cfg: TrainConfig) -> T
     optimizer = build_optimizer(model.parameters(), cfg)
     scheduler = build_lr_scheduler(optimizer, cfg)
     ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
-    start = resume_step(ctx, model, optimizer, scheduler, ema)
+    start = resume_step(ctx, model, optimizer, scheduler, ema, extra)
     seed_everything(cfg.seed + 1000 * ctx.rank + start)
-    return TrainingRun(model, optimizer, scheduler, ema, start)
+    return TrainingRun(model, optimizer, scheduler, ema, start, dict(extra or {}))
 
 
 def run_steps(

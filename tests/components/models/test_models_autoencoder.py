@@ -10,17 +10,26 @@ from components.data.scene import render_scene, sample_scene
 from components.models.autoencoder import (
     AutoencoderConfig,
     AutoencoderWithLoss,
+    PatchDiscriminator,
+    adaptive_adversarial_weight,
+    adversarial_generator_loss,
     autoencoder_loss,
     build_autoencoder,
+    build_discriminator,
     compute_scaling_factor,
     decode_latents,
+    decoder_last_layer,
+    discriminator_loss,
     encode_latents,
+    hinge_discriminator_loss,
     images_to_pixels,
     latent_shape,
     load_autoencoder,
     pixels_to_images,
+    roundtrip_faithfulness,
     save_autoencoder,
     set_scaling_factor,
+    sobel_gradients,
 )
 
 TINY = AutoencoderConfig(sample_size=32, block_out_channels=(16, 32, 32), norm_num_groups=8)
@@ -44,6 +53,9 @@ def vae():
         ({"sample_size": 30}, "sample_size"),
         ({"kl_weight": -1.0}, "kl_weight"),
         ({"block_out_channels": ()}, "block_out_channels"),
+        ({"discriminator_start": -1}, "discriminator_start"),
+        ({"discriminator_layers": 0}, "discriminator_layers"),
+        ({"edge_weight": -0.1}, "edge_weight"),
     ],
 )
 def test_config_errors_name_the_field(values, field):
@@ -103,7 +115,8 @@ def test_loss_terms_combine_as_in_ldm(vae):
         posterior = vae.encode(pixels).latent_dist
         z = posterior.sample(torch.Generator().manual_seed(0))
         error = vae.decode(z).sample - pixels
-    assert set(l1) == {"loss", "reconstruction", "kl"}
+    assert set(l1) == {"loss", "reconstruction", "kl", "reconstructed"}
+    torch.testing.assert_close(l1["reconstructed"], vae.decode(z).sample)
     torch.testing.assert_close(l1["reconstruction"], error.abs().mean())
     torch.testing.assert_close(l2["reconstruction"], error.pow(2).mean())
     torch.testing.assert_close(l1["kl"], posterior.kl().mean())
@@ -156,3 +169,87 @@ def test_pixel_image_round_trip():
     assert pixels.shape == (1, 3, 32, 32) and pixels.min() >= -1 and pixels.max() <= 1
     assert np.array_equal(np.asarray(pixels_to_images(pixels)[0]), np.asarray(images[0]))
     assert images_to_pixels(images, size=16).shape == (1, 3, 16, 16)
+
+
+def test_edge_term_is_the_l1_between_sobel_gradients(vae):
+    pixels = scene_pixels(2)
+    flat = torch.zeros(1, 3, 8, 8)
+    assert sobel_gradients(flat).abs().max() == 0
+    step = torch.zeros(1, 1, 4, 4)
+    step[..., 2:] = 1.0
+    assert sobel_gradients(step)[0, 0, 1].tolist() == [0.0, 0.5, 0.5, 0.0]  # a vertical edge, x-gradient only
+    with torch.no_grad():
+        plain = autoencoder_loss(vae, pixels, kl_weight=0.0, generator=torch.Generator().manual_seed(0))
+        edged = autoencoder_loss(vae, pixels, kl_weight=0.0, edge_weight=0.5, generator=torch.Generator().manual_seed(0))
+    edge = (sobel_gradients(plain["reconstructed"]) - sobel_gradients(pixels)).abs().mean()
+    torch.testing.assert_close(edged["edge"], edge)
+    torch.testing.assert_close(edged["reconstruction"], plain["reconstruction"] + 0.5 * edge)
+
+
+def test_discriminator_is_off_before_its_start_step_and_on_after():
+    cfg = AutoencoderConfig(discriminator_weight=0.5, discriminator_start=3)
+    assert [cfg.discriminator_active(step) for step in range(5)] == [False, False, False, True, True]
+    off = AutoencoderConfig(discriminator_weight=0.0, discriminator_start=0)
+    assert not off.uses_discriminator and not off.discriminator_active(100)
+    with pytest.raises(ValueError, match="discriminator_weight"):
+        build_discriminator(off)
+
+
+def test_patch_discriminator_gives_a_logit_per_patch():
+    torch.manual_seed(0)
+    for layers, side in [(1, 30), (2, 14), (3, 6)]:
+        logits = PatchDiscriminator(3, 8, layers)(torch.zeros(2, 3, 64, 64))
+        assert logits.shape == (2, 1, side, side), layers
+
+
+def test_hinge_loss_on_known_logits():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    # real: relu(1 - 2) = 0, relu(1 - 0.5) = 0.5; fake: relu(1 - 2) = 0, relu(1 + 0.5) = 1.5
+    assert hinge_discriminator_loss(real, fake).item() == pytest.approx(0.5 * (0.25 + 0.75))
+    assert hinge_discriminator_loss(torch.full((3,), 1.0), torch.full((3,), -1.0)).item() == 0.0  # beyond the margins
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():
+    last = torch.ones(3, requires_grad=True)
+    a, b = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 1.0, 0.0])
+    weight = adaptive_adversarial_weight((last * a).sum(), (last * b).sum(), last, scale=0.5)
+    assert weight.item() == pytest.approx(0.5 * 5.0 / (1.0 + 1e-4))
+    assert not weight.requires_grad
+    # a generator term ten times larger gets a ten times smaller weight: the balance does not depend on units
+    tenfold = adaptive_adversarial_weight((last * a).sum(), 10 * (last * b).sum(), last, scale=0.5)
+    assert tenfold.item() == pytest.approx(weight.item() / 10, rel=1e-3)
+
+
+def test_adversarial_term_trains_the_decoder_and_not_the_discriminator():
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig(**{**TINY.__dict__, "discriminator_weight": 0.5, "discriminator_layers": 2,
+                               "discriminator_channels": 8})
+    model = AutoencoderWithLoss(build_autoencoder(cfg), cfg)
+    discriminator = build_discriminator(cfg)
+    pixels = scene_pixels(2)
+    losses = model(pixels, generator=torch.Generator().manual_seed(0))
+    adversarial = adversarial_generator_loss(discriminator, losses["reconstructed"], losses["reconstruction"],
+                                             decoder_last_layer(model.vae), cfg.discriminator_weight)
+    assert adversarial["adversarial_weight"] > 0
+    (losses["loss"] + adversarial["loss"]).backward()
+    assert decoder_last_layer(model.vae).grad.abs().sum() > 0
+    assert all(p.grad is None and p.requires_grad for p in discriminator.parameters())
+    # the discriminator's own loss reaches its weights and not the autoencoder's
+    model.zero_grad(set_to_none=True)
+    terms = discriminator_loss(discriminator, pixels, losses["reconstructed"])
+    terms["discriminator"].backward()
+    assert all(p.grad is not None for p in discriminator.parameters())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_roundtrip_faithfulness_reads_ground_truth_scenes(vae):
+    rng = random.Random(0)
+    scenes = [sample_scene(rng, 1, 2) for _ in range(3)]
+    pixels = images_to_pixels([render_scene(scene, 32) for scene in scenes])
+    groundtruth = [{"scene": scene.to_json()} for scene in scenes[:2]] + [None]
+    through_vae, real = roundtrip_faithfulness(vae, pixels, groundtruth)
+    assert real.images == through_vae.images == 2
+    assert real.objects == sum(len(s.objects) for s in scenes[:2])
+    assert 0 <= through_vae.all_precision <= real.all_precision
+    with pytest.raises(ValueError, match="ground-truth scene"):
+        roundtrip_faithfulness(vae, pixels, [None, None, None])
