@@ -77,8 +77,10 @@ def test_snr_matches_diffusers_and_the_direct_formula():
     timesteps = torch.tensor([0, 10, 250, 500, 999])
     ours = compute_snr(scheduler, timesteps)
     alpha_bar = scheduler.alphas_cumprod[timesteps].double()
-    torch.testing.assert_close(ours, (alpha_bar / (1 - alpha_bar)).float())
-    torch.testing.assert_close(ours, diffusers_compute_snr(scheduler, timesteps), rtol=1e-4, atol=0)
+    assert torch.equal(ours, (alpha_bar / (1 - alpha_bar)).float())  # this very float64 formula, rounded once
+    # diffusers works in fp32 from the same fp32 alpha_bar: sqrt (1 rounding), 1 - alpha_bar and its sqrt
+    # (1.5), the ratio (1) and its square (2 x 3.5 + 1) make 8 roundings, ours 1 more: rtol 9 * 2^-24.
+    torch.testing.assert_close(ours, diffusers_compute_snr(scheduler, timesteps), rtol=9 * 2.0**-24, atol=0)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -92,10 +94,12 @@ def test_min_snr_weights_match_the_paper_formula(prediction_type):
         alpha_bar = float(scheduler.alphas_cumprod[t])
         snr = alpha_bar / (1 - alpha_bar)
         expected.append(min(snr, gamma) / (snr if prediction_type == "epsilon" else snr + 1))
-    torch.testing.assert_close(weights, torch.tensor(expected), rtol=1e-4, atol=0)
+    # fp32 weights from the float64 SNR: its rounding, (SNR + 1) and the division are 3 roundings, the
+    # float64 expectation rounded to fp32 one more (the clamp is exact): rtol 5 * 2^-24 with one to spare.
+    torch.testing.assert_close(weights, torch.tensor(expected), rtol=5 * 2.0**-24, atol=0)
     # high-noise steps (SNR < gamma) keep full weight for epsilon; low-noise steps are down-weighted
     if prediction_type == "epsilon":
-        assert weights[-1] == pytest.approx(1.0) and weights[0] < 0.01
+        assert weights[-1] == 1.0 and weights[0] < 0.01  # SNR / SNR: exactly 1 in IEEE arithmetic
 
 
 def test_v_target_matches_scheduler_get_velocity():
@@ -104,7 +108,9 @@ def test_v_target_matches_scheduler_get_velocity():
     latents = torch.randn(4, 4, 8, 8, generator=generator)
     noise = torch.randn(4, 4, 8, 8, generator=generator)
     timesteps = torch.tensor([1, 300, 600, 999])
-    torch.testing.assert_close(
+    # get_velocity evaluates the same fp32 formula, sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x0,
+    # op for op: bit for bit equal, on any machine
+    assert torch.equal(
         training_target(scheduler, latents, noise, timesteps), scheduler.get_velocity(latents, noise, timesteps)
     )
     epsilon = make_noise_scheduler(DiffusionConfig(prediction_type="epsilon"))
@@ -134,8 +140,11 @@ def test_denoising_loss_equals_the_weighted_mse_written_out(snr_gamma, predictio
         weights = torch.ones(3)
     else:
         weights = torch.minimum(snr, torch.tensor(snr_gamma)) / (snr if prediction_type == "epsilon" else snr + 1)
-    torch.testing.assert_close(losses["mse"], per_example.mean(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(losses["loss"], (per_example * weights).mean(), rtol=1e-4, atol=1e-6)
+    # Same draws, same UNet batch, same fp32 ops: the unweighted mean is bit for bit the one written out.
+    assert torch.equal(losses["mse"], per_example.mean())
+    # The weights come from a float64 SNR (3 fp32 roundings) here from an fp32 one (4), then a product and
+    # a mean of 3 positive terms (3 more each side): at most 13 roundings apart, rtol 16 * 2^-24.
+    torch.testing.assert_close(losses["loss"], (per_example * weights).mean(), rtol=16 * 2.0**-24, atol=0)
 
 
 def test_condition_dropout_is_seeded_and_has_the_right_rate():
@@ -165,19 +174,23 @@ def test_drop_captions_and_drop_conditioning():
 
 
 def test_guided_prediction_at_scale_one_is_the_conditional_prediction():
-    unet = tiny_unet()
+    # In float64: guided_prediction runs the UNet on a batch of 4, the expectation on batches of 2, and
+    # in fp32 those round differently (1e-6 of outputs ~1 here); in float64 that difference is ~1e-15,
+    # so atol 1e-9 is 10^5 above the rounding and 10^8 below a wrong guidance formula or swapped halves.
+    unet = tiny_unet().double()
     denoise = unet_denoiser(unet)
     generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 4, 8, 8, generator=generator)
-    cond, uncond = torch.randn(2, 5, 8, generator=generator), torch.randn(1, 5, 8, generator=generator)
+    latents = torch.randn(2, 4, 8, 8, generator=generator, dtype=torch.float64)
+    cond = torch.randn(2, 5, 8, generator=generator, dtype=torch.float64)
+    uncond = torch.randn(1, 5, 8, generator=generator, dtype=torch.float64)
     t = torch.tensor(500)
     with torch.no_grad():
         conditional = denoise(latents, t.expand(2), cond)
         unconditional = denoise(latents, t.expand(2), uncond.expand(2, -1, -1))
         torch.testing.assert_close(guided_prediction(denoise, latents, t, cond, uncond, 1.0), conditional,
-                                   rtol=1e-4, atol=1e-5)
+                                   rtol=0, atol=1e-9)
         guided = guided_prediction(denoise, latents, t, cond, uncond, 4.0)
-    torch.testing.assert_close(guided, unconditional + 4.0 * (conditional - unconditional), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(guided, unconditional + 4.0 * (conditional - unconditional), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("sampler", ["dpmsolver++", "ddim"])
@@ -190,7 +203,10 @@ def test_sampling_with_the_ideal_denoiser_recovers_the_data(sampler, prediction_
                      latent_shape=(4, 4, 4), num_inference_steps=20, guidance_scale=1.0,
                      generator=torch.Generator().manual_seed(0))
     assert latents.shape == (3, 4, 4, 4)
-    torch.testing.assert_close(latents, x0.expand(3, -1, -1, -1), rtol=0, atol=2e-3)
+    # The exact denoiser makes every x0 prediction x0 up to a few fp32 roundings of |x_t| / alpha_t
+    # (<= 3 at the last steps, alpha_bar >= 0.94 there); both samplers end at sigma = 0 on a combination
+    # of the last two predictions with weights <= 2: ~64 roundings of 3, 64 * 3 * 2^-24 = 1.1e-5.
+    torch.testing.assert_close(latents, x0.expand(3, -1, -1, -1), rtol=0, atol=64 * 3 * 2.0**-24)
 
 
 def test_sampling_is_deterministic_for_a_seed_and_guidance_changes_it():
@@ -207,6 +223,7 @@ def test_sampling_is_deterministic_for_a_seed_and_guidance_changes_it():
     first = run(0, 3.0)
     assert first.shape == (2, 4, 8, 8) and torch.isfinite(first).all()
     assert torch.equal(first, run(0, 3.0))
+    # another seed, guidance or sampler moves samples by O(1), far outside allclose's default rtol 1e-5
     assert not torch.allclose(first, run(1, 3.0))
     assert not torch.allclose(first, run(0, 1.0))
     assert not torch.allclose(first, run(0, 3.0, "ddim"))
@@ -231,12 +248,14 @@ def test_sampling_schedulers_share_the_training_schedule():
     for name in ("dpmsolver++", "ddim"):
         scheduler = make_sampling_scheduler(noise_scheduler, name)
         assert scheduler.config.prediction_type == "v_prediction"
-        torch.testing.assert_close(scheduler.alphas_cumprod, noise_scheduler.alphas_cumprod)
+        # the same betas through the same fp32 cumprod in diffusers: bit for bit
+        assert torch.equal(scheduler.alphas_cumprod, noise_scheduler.alphas_cumprod)
     assert make_sampling_scheduler(noise_scheduler, "dpmsolver++").config.algorithm_type == "dpmsolver++"
     # the cosine schedule: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi / 2), s = 0.008
     t = 500
     expected = math.cos(((t + 1) / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
-    assert float(noise_scheduler.alphas_cumprod[t]) == pytest.approx(expected, rel=1e-3)
+    # fp32 cumprod of t + 1 factors (1 - beta), each rounded once: <= 2 (t + 1) roundings relative
+    assert float(noise_scheduler.alphas_cumprod[t]) == pytest.approx(expected, rel=2 * (t + 1) * 2.0**-24)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

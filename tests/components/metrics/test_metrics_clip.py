@@ -2,6 +2,13 @@
 
 The reference computation is CLIPModel's own forward: logits_per_image / logit_scale is the cosine
 of the image and text embeddings.
+
+Tolerance: ours and the reference run the same fp32 network (2 layers of width 32, 16-d embeddings) on
+the same inputs, batched and padded differently. Each matmul sums at most 64 products, so its relative
+rounding is at most 64 * 2^-24 = 4e-6 worst case and ~sqrt(64) * 2^-24 = 5e-7 in the random-rounding
+model (Higham & Mary 2019); a cosine of unit vectors moves by at most the two embeddings' relative
+errors. atol 1e-5 covers the few matmuls in either path with room (observed: 3e-8), while a pooling,
+prefix or normalisation mistake moves a cosine by 0.1 or more.
 """
 
 from __future__ import annotations
@@ -65,8 +72,8 @@ def test_clip_score_is_the_cosine_with_the_prefix_and_w_1(embedder, images):
     scores = clip_scores(embedder, images, PROMPTS)
     expected = reference_cosines(embedder, images, [TEXTDIFFUSER_PREFIX + p for p in PROMPTS])
     assert (expected > 0).all()
-    np.testing.assert_allclose(scores.per_image_clip_score, expected.numpy(), atol=1e-5)
-    assert scores.clip_score == pytest.approx(float(expected.mean()), abs=1e-5)
+    np.testing.assert_allclose(scores.per_image_clip_score, expected.numpy(), rtol=0, atol=1e-5)  # see top
+    assert scores.clip_score == pytest.approx(float(expected.mean()), abs=1e-5)  # a mean of those
     assert all(0.0 < s <= 1.0 for s in scores.per_image_clip_score)
 
 
@@ -77,22 +84,26 @@ def test_clip_score_is_clipped_at_zero_where_the_cosine_is_negative(embedder, ne
     assert (expected < 0).all()
     assert negative.per_image_clip_score == [0.0] * len(PROMPTS) and negative.clip_score == 0.0
     # CLIP-T is the raw cosine (MiniGPT-5 averages it unclipped): it changes sign with the model.
-    assert negative.per_image_clip_t == pytest.approx([-t for t in positive.per_image_clip_t], abs=1e-5)
+    # Negating the projection negates every product and sum exactly in IEEE arithmetic: equal, not close.
+    assert negative.per_image_clip_t == [-t for t in positive.per_image_clip_t]
     assert negative.clip_t < 0
 
 
 def test_clip_t_is_the_raw_cosine_with_the_plain_text(embedder, images):
     scores = clip_scores(embedder, images, PROMPTS, prefix="")
     expected = reference_cosines(embedder, images, PROMPTS)
-    np.testing.assert_allclose(scores.per_image_clip_t, expected.numpy(), atol=1e-5)
-    np.testing.assert_allclose(scores.per_image_clip_score, expected.clamp(min=0).numpy(), atol=1e-5)
+    # atol 1e-5: the same fp32 network batched differently (module docstring)
+    np.testing.assert_allclose(scores.per_image_clip_t, expected.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(scores.per_image_clip_score, expected.clamp(min=0).numpy(), rtol=0, atol=1e-5)
     with_prefix = clip_scores(embedder, images, PROMPTS)
     assert with_prefix.per_image_clip_score != scores.per_image_clip_score
-    assert with_prefix.per_image_clip_t == pytest.approx(scores.per_image_clip_t)
+    # CLIP-T never takes the prefix: the very same computation, bit for bit
+    assert with_prefix.per_image_clip_t == scores.per_image_clip_t
 
 
 def test_clip_i_is_one_for_identical_images_and_below_for_others(embedder, images):
     same = clip_scores(embedder, images, PROMPTS, reference_images=images, batch_size=4)
+    # an fp32 unit vector's cosine with itself: within (16 + 3) * 2^-24 = 1e-6 of 1, under abs 1e-5
     assert same.clip_i == pytest.approx(1.0, abs=1e-5)
     shifted = clip_scores(embedder, images, PROMPTS, reference_images=images[1:] + images[:1])
     assert -1.0 <= shifted.clip_i < 0.999
@@ -125,6 +136,8 @@ def test_genops_evaluator_folder_pools_at_eos_id_2(genops_clip_dir):
         hidden = embedder.model.text_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         at_eos = embedder.model.text_projection(hidden[torch.arange(2), last])
         legacy = embedder.model.get_text_features(input_ids=input_ids, attention_mask=mask).pooler_output
+    # the same fp32 ops on the same tokens; assert_close's fp32 defaults (rtol 1.3e-6, atol 1e-5) hold a
+    # few ulps of re-batching and nothing near pooling at the wrong token (differences of order 1)
     torch.testing.assert_close(embedder.embed_texts(texts), torch.nn.functional.normalize(at_eos, dim=-1))
     # transformers reads eos_token_id == 2 as legacy OpenAI CLIP and pools at the highest id instead.
     assert not torch.allclose(legacy, at_eos)

@@ -41,18 +41,24 @@ def test_frechet_distance_matches_scipy_sqrtm(d, n):
     args = (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
     ours, ref = frechet_distance(*args), scipy_fid(*args)
     assert ref > 1.0
+    # float64 on both sides: eigh and sqrtm's Schur form err by ~d * 2^-52 * |S| (6e-14 |S| at d = 256),
+    # amplified by 1 / (2 sqrt(lambda_min)) ~ 1 for these well-sampled sets: 1e-6 leaves 10^4 of room
+    # for that, while a wrong term (a missing trace, a swapped covariance) moves the distance by O(1).
     assert abs(ours - ref) / ref < 1e-6
 
 
 def test_frechet_distance_of_identical_sets_is_zero_even_when_singular():
     a, _ = gaussian_sets(128, 40, seed=1)  # fewer samples than dimensions: singular covariance
     mu, sigma = a.mean(0), np.cov(a, rowvar=False)
+    # The 89 null eigenvalues come out of eigh as +-d * 2^-52 * |S| and their square roots count:
+    # 2 * 89 * sqrt(128 * 2^-52) |S| = 3e-5 |S| <= 3e-5 Tr(S), under the 1e-4 Tr(S) allowed.
     assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-4 * np.trace(sigma)
 
 
 def test_frechet_distance_of_known_gaussians():
     # N(0, I) vs N(m, 4 I) in d dims: |m|^2 + d + 4d - 2 * 2d = |m|^2 + d.
     d, m = 5, np.full(5, 3.0)
+    # exact inputs in float64: a few roundings of 50 (1e-14) under approx's default rel 1e-6
     assert frechet_distance(np.zeros(d), np.eye(d), m, 4 * np.eye(d)) == pytest.approx(45.0 + d)
 
 
@@ -63,6 +69,9 @@ def test_streaming_statistics_match_full_batch_numpy():
     for start in range(0, len(x), 97):
         stats.update(x[start : start + 97])
     assert stats.count == 1234
+    # float64 means near 1000: each of the 13 batch merges and numpy's pairwise sum round at
+    # 1000 * 2^-53 = 1e-13, so 1e-10 is ample; centred covariances (entries 0.25 and ~0.007) err by
+    # ~n * 2^-53 * 0.25 = 7e-14. A sum-of-squares formula would lose 1000^2 * n * 2^-53 = 1e-7: it fails.
     np.testing.assert_allclose(stats.mean, x.mean(0), rtol=0, atol=1e-10)
     np.testing.assert_allclose(stats.covariance, np.cov(x, rowvar=False), rtol=1e-9, atol=1e-12)
 
@@ -75,7 +84,7 @@ def test_statistics_save_load_roundtrip_and_shape_errors(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ref.npz"]  # no temp file left behind
     loaded = FeatureStatistics.load(path)
     assert loaded.extractor == "inception-pool3" and loaded.count == 50
-    np.testing.assert_allclose(loaded.covariance, stats.covariance)
+    np.testing.assert_array_equal(loaded.covariance, stats.covariance)  # .npz keeps every float64 bit
     with pytest.raises(ValueError, match=r"\(B, 8\)"):
         stats.update(np.zeros((3, 9)))
     with pytest.raises(FileNotFoundError, match="missing.npz"):
@@ -88,7 +97,7 @@ def test_pytorch_fid_stats_file_without_extractor_loads_as_inception(tmp_path):
     np.savez(tmp_path / "pytorch_fid.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))
     loaded = FeatureStatistics.load(tmp_path / "pytorch_fid.npz")
     assert loaded.extractor == "inception-pool3"
-    np.testing.assert_allclose(loaded.covariance, np.cov(x, rowvar=False))
+    np.testing.assert_array_equal(loaded.covariance, np.cov(x, rowvar=False))  # read back bit for bit
     with pytest.raises(ValueError, match="cannot be extended"):
         loaded.update(x)
 
@@ -171,7 +180,7 @@ def test_reference_statistics_are_cached_per_dataset_version_and_extractor(tmp_p
     assert cache_file.name == "md5_1234__clip_tiny-clip.npz"
     again, hit = cached_reference_statistics(list_images, extractor, tmp_path, "md5:1234")
     assert hit and listed == [1]  # the images were not even listed on a cache hit
-    np.testing.assert_allclose(again.covariance, stats.covariance)
+    np.testing.assert_array_equal(again.covariance, stats.covariance)  # the cached file, bit for bit
     _, hit = cached_reference_statistics(list_images, extractor, tmp_path, "md5:5678")
     assert not hit and len(list(tmp_path.glob("*.npz"))) == 2
 
@@ -189,6 +198,8 @@ def test_clip_extractor_needs_the_image_processor_config(tmp_path, tiny_clip_dir
 def test_inception_score_known_cases():
     n, k = 100, 10
     uniform = np.zeros((n, k))
+    # float64 throughout: KL terms of ~1e-16 and exp(1e-16); approx's rel 1e-6 and the abs 1e-6 below are
+    # 10^9 above that rounding and 10^5 below any real difference (IS moves by 1 per confident class).
     assert inception_score(uniform, splits=5)[0] == pytest.approx(1.0)
     # Confident, and every class equally often: p(y) uniform, KL = log k for each image.
     confident = np.full((n, k), -50.0)

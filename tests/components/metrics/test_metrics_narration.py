@@ -41,6 +41,8 @@ REF2A = tuple(["he", "was", "interested", "in", "world", "history", "because", "
 
 
 def test_bleu_matches_the_documented_values():
+    # float64 exp of a mean of 4 logs: ~1e-16 per step, so 1e-12 absorbs only a different summation
+    # order than nltk's, and the values are quoted to 16 digits; one n-gram more moves BLEU by 1e-2.
     assert sentence_bleu([REF1A, REF1B, REF1C], HYP1) == pytest.approx(0.5045666840058485, abs=1e-12)
     assert corpus_bleu([[REF1A, REF1B, REF1C], [REF2A]], [HYP1, HYP2]) == pytest.approx(
         0.5920778868801042, abs=1e-12
@@ -53,6 +55,7 @@ def test_bleu_1_is_the_modified_unigram_precision_times_brevity_penalty():
     # Papineni's "the the the ..." example: modified unigram precision 2/7, candidate longer than refs.
     refs = [tokenize("The cat is on the mat."), tokenize("There is a cat on the mat.")]
     hyp = tokenize("the the the the the the the")
+    # Count ratios in float64 here and below: a few roundings (1e-16), far under approx's rel 1e-6.
     assert sentence_bleu(refs, hyp, (1.0,)) == pytest.approx(2 / 7)
     # BLEU-1 / BLEU-2 of example 1 from its clipped precisions 17/18 and 10/17, BP = 1 (18 > 16).
     assert sentence_bleu([REF1A, REF1B, REF1C], HYP1, (1.0,)) == pytest.approx(17 / 18)
@@ -64,6 +67,7 @@ def test_bleu_1_is_the_modified_unigram_precision_times_brevity_penalty():
 def test_brevity_penalty():
     assert brevity_penalty(ref_len=12, hyp_len=12) == 1.0
     assert brevity_penalty(ref_len=10, hyp_len=13) == 1.0
+    # exp of an exact ratio in float64: 1 ulp (1e-16) against approx's default rel 1e-6
     assert brevity_penalty(ref_len=13, hyp_len=10) == pytest.approx(math.exp(1 - 13 / 10))
     assert brevity_penalty(ref_len=5, hyp_len=0) == 0.0
     # A perfect but short candidate is penalised: 4 of 6 reference words, in order.
@@ -78,6 +82,7 @@ def test_rouge_l_matches_lins_example():
         tokenize("police kill the gunman"),
         tokenize("the gunman kill police"),
     )
+    # LCS ratios in float64: one or two roundings, far under approx's default rel 1e-6
     assert rouge_l(s1, s2) == pytest.approx(0.75)
     assert rouge_l(s1, s3) == pytest.approx(0.5)
     # Unequal lengths: LCS 4, R = 4/6, P = 4/5, F1 = 2PR / (P + R).
@@ -94,6 +99,7 @@ def test_meteor_matches_the_paper_fragmentation_example_and_nltk():
     )
     p, r = 1.0, 6 / 7
     fmean = 10 * p * r / (r + 9 * p)
+    # the paper's formula in float64 (a few roundings of numbers <= 1) under approx's default rel 1e-6
     assert score == pytest.approx(fmean * (1 - 0.5 * (2 / 6) ** 3))
     # nltk's documented meteor_score([reference1], hypothesis1) for Papineni's example.
     assert round(meteor([REF1A], HYP1), 4) == 0.6944
@@ -102,6 +108,7 @@ def test_meteor_matches_the_paper_fragmentation_example_and_nltk():
 def test_meteor_matches_stems_offline():
     exact_only = meteor([tokenize("police killed the gunman")], tokenize("police shot the gunman"))
     stemmed = meteor([tokenize("police killed the gunman")], tokenize("police kill the gunman"))
+    # float64 formula of exact counts: rounding 1e-16 under approx's default rel 1e-6
     assert stemmed == pytest.approx(1 - 0.5 * (1 / 4) ** 3)  # 'kill' ~ 'killed': 4 matches, one chunk
     assert stemmed > exact_only
 
@@ -122,6 +129,7 @@ def test_mm_relevance_conventions_on_a_hand_made_dialogue():
     sims = [0.8, 0.6, NEEDED_NOT_GENERATED, GENERATED_NOT_NEEDED]
     precision = 1.4 / 3  # over the 3 parts generated
     recall = 1.4 / 3  # over the 3 parts needed
+    # sums and ratios of the given similarities in float64: ~1e-16, under approx's default rel 1e-6
     assert mm_relevance_from_similarities(sims) == pytest.approx(
         2 * precision * recall / (precision + recall)
     )
@@ -141,6 +149,8 @@ def test_mm_relevance_with_clip_codes_missing_and_extra_images(tiny_clip_dir):
         Turn("", "fine thanks", predicted_image=img, reference_image=None, dialogue="d2"),
     ]
     score, coded = mm_relevance(turns, clip)
+    # Cosine of an fp32 embedding (32 dims) with itself: normalisation and dot product are within
+    # (32 + 3) * 2^-24 = 2e-6 of 1 (Higham's dot-product bound), under abs 1e-5; so is F1 of 2/3 below.
     assert coded["d1"] == [
         pytest.approx(1.0, abs=1e-5),
         pytest.approx(1.0, abs=1e-5),
@@ -150,7 +160,7 @@ def test_mm_relevance_with_clip_codes_missing_and_extra_images(tiny_clip_dir):
     assert coded["d2"] == [NEEDED_NOT_GENERATED, GENERATED_NOT_NEEDED]
     d1 = mm_relevance_from_similarities(coded["d1"])  # P = R = 2/3
     assert d1 == pytest.approx(2 / 3, abs=1e-5)
-    assert score == pytest.approx((d1 + 0.0) / 2)
+    assert score == pytest.approx((d1 + 0.0) / 2)  # one float64 halving: exact up to 1e-16
 
 
 def test_narration_metrics_aggregate_per_dialogue_then_over_dialogues():
@@ -165,6 +175,7 @@ def test_narration_metrics_aggregate_per_dialogue_then_over_dialogues():
     b_bleu1 = sentence_bleu(
         [tokenize("police killed the gunman")], tokenize("police kill the gunman"), (1.0,)
     )
+    # means of per-turn float64 scores: a few roundings, far under approx's default rel 1e-6
     assert m.bleu_1 == pytest.approx(((1.0 + 0.0) / 2 + b_bleu1) / 2)
     assert m.rouge_l == pytest.approx(((1.0 + 0.0) / 2 + 0.75) / 2)
     assert m.sbert is None and m.mm_relevance is None
@@ -173,5 +184,6 @@ def test_narration_metrics_aggregate_per_dialogue_then_over_dialogues():
 def test_character_level_bleu_reproduces_minigpt5_mmdialog_script():
     # MiniGPT-5's script passes raw strings to nltk's BLEU, which counts characters.
     m = narration_metrics([Turn("abcd", "abce")], unit="char")
+    # count ratios in float64 (1e-16) under approx's default rel 1e-6
     assert m.bleu_1 == pytest.approx(3 / 4)
     assert m.bleu_2 == pytest.approx(math.sqrt(3 / 4 * 2 / 3))

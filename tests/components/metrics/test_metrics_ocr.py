@@ -25,6 +25,8 @@ def test_quoted_words_are_the_lower_cased_words_inside_single_quotes():
 
 def test_multiset_precision_recall_and_accuracy():
     s = score_words(["cat", "cat", "dog"], ["cat", "dog", "dog", "bird"])
+    # Ratios of word counts in float64: one rounding (1e-16); approx's default rel 1e-6 only absorbs the
+    # order of operations, while one word more or less moves these by >= 1/4.
     assert s.precision == pytest.approx(2 / 3)  # one 'cat' and one 'dog' match
     assert s.recall == pytest.approx(2 / 4)
     assert s.accuracy == 0.0
@@ -40,6 +42,7 @@ def test_f_measure_comes_from_mean_precision_and_mean_recall():
     image_2 = score_words(["exit"], ["exit", "hotel", "music", "river"])  # P 1, R 1/4
     metrics = mario_eval([image_1, image_2])
     p, r = (0.4 + 1.0) / 2, (1.0 + 0.25) / 2
+    # float64 means and F of a few ratios: a few roundings (1e-16), far under approx's default rel 1e-6
     assert (metrics.precision, metrics.recall) == (pytest.approx(p), pytest.approx(r))
     assert metrics.f_measure == pytest.approx(2 * p * r / (p + r))  # 0.6588...
     mean_of_f = np.mean([2 * 0.4 * 1 / 1.4, 2 * 1 * 0.25 / 1.25])  # 0.4857...
