@@ -249,6 +249,10 @@ def clip_contrastive_loss(
 class ClipEvaluator(nn.Module):
     """A CLIPModel with its tokenizer: normalised embeddings for metrics, and the contrastive loss as `forward`."""
 
+    # the genops config written beside the weights; it also says which model a folder holds
+    config_file = GENOPS_CONFIG_FILE
+    config_class = ClipEvaluatorConfig
+
     def __init__(self, model: CLIPModel, tokenizer: PreTrainedTokenizerBase, cfg: ClipEvaluatorConfig | None = None):
         super().__init__()
         special_token_ids(tokenizer)
@@ -345,7 +349,7 @@ class ClipEvaluator(nn.Module):
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             if self.cfg is not None:
-                (tmp / GENOPS_CONFIG_FILE).write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
+                (tmp / self.config_file).write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
         return path
 
     @classmethod
@@ -356,6 +360,6 @@ class ClipEvaluator(nn.Module):
             raise FileNotFoundError(f"{path} is not a CLIP model folder: {path / 'config.json'} is missing")
         model = CLIPModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        cfg_file = path / GENOPS_CONFIG_FILE
-        cfg = from_dict(ClipEvaluatorConfig, json.loads(cfg_file.read_text()), str(cfg_file)) if cfg_file.is_file() else None
+        cfg_file = path / cls.config_file
+        cfg = from_dict(cls.config_class, json.loads(cfg_file.read_text()), str(cfg_file)) if cfg_file.is_file() else None
         return cls(model, tokenizer, cfg)
