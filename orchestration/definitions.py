@@ -24,7 +24,7 @@ def build_definitions(datasets: list[str], resources: dict | None = None) -> dg.
     base_models_job = dg.define_asset_job(
         "base_models_job",
         selection=dg.AssetSelection.groups("base_models"),
-        description="Train the shared VAE, the evaluator CLIP and the SD-style base model.",
+        description="Train the shared VAE, the evaluator CLIP, the SD-style base model, the LLM and the base CLIP.",
     )
     return dg.Definitions(
         assets=[*data_assets, *base_model_assets],

@@ -2,7 +2,8 @@
 
     genops train <recipe> --profile {tiny,demo,paper} [key=value ...]
 
-The config of a job is `configs/models/<model>/<profile>.yaml` (the `model` section) merged with
+The config of a job is `configs/models/<model>/<profile>.yaml` (the `model` section; a named
+variant of the profile's model, e.g. `paper-vicuna-7b.yaml`, with `model_variant`) merged with
 `configs/<recipe>/<profile>.yaml`, then the command line's overrides. The launcher fills in the
 lineage (dataset versions from dvc.lock, git commit, profile), opens the MLflow run, runs the
 job (a local Ray on this machine's CPUs, or the cluster at RAY_ADDRESS), and then registers the
@@ -38,6 +39,8 @@ RECIPES: dict[str, str] = {
     "vae": "training_jobs.recipes.vae",
     "clip_evaluator": "training_jobs.recipes.clip_evaluator",
     "sd_base": "training_jobs.recipes.sd_base",
+    "llm_base": "training_jobs.recipes.llm_base",
+    "clip_base": "training_jobs.recipes.clip_base",
 }
 
 
@@ -106,14 +109,31 @@ def recipe_module(recipe: str) -> ModuleType:
     return importlib.import_module(RECIPES[recipe])
 
 
-def resolve_config(recipe: str, profile: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """The typed config of a (recipe, profile) with overrides applied."""
+def model_config_file(recipe: str, profile: str, model_variant: str | None = None) -> Path:
+    """`configs/models/<model>/<profile>.yaml`, or `<profile>-<variant>.yaml` for a named model variant."""
+    folder = CONFIG_ROOT / "models" / recipe_module(recipe).MODEL_CONFIG
+    if model_variant is None:
+        return folder / f"{profile}.yaml"
+    path = folder / f"{profile}-{model_variant}.yaml"
+    if not path.is_file():
+        variants = sorted(p.stem.removeprefix(f"{profile}-") for p in folder.glob(f"{profile}-*.yaml"))
+        raise ValueError(
+            f"--model-variant {model_variant!r}: no {path.relative_to(CONFIG_ROOT.parent)}; variants of "
+            f"{recipe} at --profile {profile}: {', '.join(variants) or 'none'}"
+        )
+    return path
+
+
+def resolve_config(
+    recipe: str, profile: str, overrides: list[str] | tuple[str, ...] = (), model_variant: str | None = None
+) -> Any:
+    """The typed config of a (recipe, profile[, model variant]) with overrides applied."""
     if profile not in PROFILES:
         raise ValueError(f"--profile {profile!r} is not one of {PROFILES}")
     module = recipe_module(recipe)
     recipe_yaml = CONFIG_ROOT / recipe / f"{profile}.yaml"
     values: dict[str, Any] = {}
-    model_yaml = CONFIG_ROOT / "models" / module.MODEL_CONFIG / f"{profile}.yaml"
+    model_yaml = model_config_file(recipe, profile, model_variant)
     if model_yaml.is_file():
         values["model"] = load_values(model_yaml)
     merge_values(values, load_values(recipe_yaml))
@@ -158,12 +178,13 @@ def launch(
     parent_run_id: str | None = None,
     progress: Callable[[str], None] = print,
     progress_every: float = 30.0,
+    model_variant: str | None = None,
 ) -> LaunchResult:
     """Run `recipe` as a Ray Train job; see the module docstring for what happens around it."""
     started = time.monotonic()
     root = project_root()
     module = recipe_module(recipe)
-    cfg = resolve_config(recipe, profile, overrides)
+    cfg = resolve_config(recipe, profile, overrides, model_variant)
     run_name = run_name or cfg.run.name or f"{recipe}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     _anchor_data_paths(cfg, root)
     storage = Path(cfg.run.storage_path or root / "ray_results").resolve()

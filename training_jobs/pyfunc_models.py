@@ -78,6 +78,36 @@ class ClipEvaluatorModel(mlflow.pyfunc.PythonModel):
         return out
 
 
+class ClipBaseModel(ClipEvaluatorModel):
+    """The base CLIP (`clip_base`): the same inputs and outputs as the evaluator's wrapper, its own weights."""
+
+    def load_context(self, context) -> None:
+        from components.models.clip_base import ClipBase
+
+        self.clip = ClipBase.from_pretrained(context.artifacts["weights"]).eval()
+
+
+class TextGenerationModel(mlflow.pyfunc.PythonModel):
+    """Input column `prompt` -> column `continuation`; params: max_new_tokens, temperature (0 = greedy), top_k, seed."""
+
+    def load_context(self, context) -> None:
+        from components.models.llm_base import LlmBase
+
+        self.llm = LlmBase.from_pretrained(context.artifacts["weights"]).eval()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        params = params or {}
+        top_k = int(params.get("top_k", 0))
+        continuations = self.llm.generate(
+            _column(model_input, "prompt"),
+            max_new_tokens=int(params.get("max_new_tokens", 32)),
+            temperature=float(params.get("temperature", 0.0)),
+            top_k=top_k or None,
+            seed=int(params.get("seed", 0)),
+        )
+        return pd.DataFrame({"continuation": continuations})
+
+
 class TextToImageModel(mlflow.pyfunc.PythonModel):
     """Input column `prompt` -> column `image` (base64 PNG); params: steps, guidance_scale, seed."""
 

@@ -1,4 +1,5 @@
-"""Base-model assets: the shared VAE, the evaluator CLIP and the SD-style base model.
+"""Base-model assets: the shared VAE, the evaluator CLIP, the SD-style base model, and the language and
+vision-language backbones the families adapt (`llm_base`, `clip_base`).
 
 Each asset runs its recipe through the launcher (a Ray Train job tracked in MLflow), passing the
 dataset versions of its upstream data assets for lineage, and records the run, the registered
@@ -16,6 +17,8 @@ from training_jobs.launcher import LaunchResult, launch, recipe_module, resolve_
 from training_jobs.lineage import dataset_versions
 
 GROUP = "base_models"
+# The text corpora llm_base reads (its recipe's default data.datasets; a test keeps the two equal).
+LLM_CORPORA = ("laion_short", "cc3m", "paraimage_big", "paraimage_small", "vist", "mmdialog")
 
 
 class RecipeRunConfig(dg.Config):
@@ -106,4 +109,23 @@ def sd_base(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: Dvc
     return _result(result)
 
 
-base_model_assets = [vae, clip_evaluator, sd_base]
+@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"},
+          deps=[*(f"prepared_{name}" for name in LLM_CORPORA), "tokenizer"],
+          description="Llama-architecture causal LM on all of the world's text (ParaDiffusion's encoder, MiniGPT-5's LLM).")
+def llm_base(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcResource, mlflow: MlflowResource,
+             ray: RayResource, training: TrainingResource) -> dg.MaterializeResult:
+    tokenizer = Path(dvc.repo_root) / "data" / "tokenizer"
+    result = _launch(context, "llm_base", [f"data.tokenizer={tokenizer}"], config, dvc, mlflow, ray, training)
+    return _result(result)
+
+
+@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"}, deps=["prepared_laion_short", "prepared_cc3m", "tokenizer"],
+          description="Base CLIP dual encoder on the train split (VLAD's LVLM, MiniGPT-5's visual encoder); not the evaluator.")
+def clip_base(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcResource, mlflow: MlflowResource,
+              ray: RayResource, training: TrainingResource) -> dg.MaterializeResult:
+    tokenizer = Path(dvc.repo_root) / "data" / "tokenizer"
+    result = _launch(context, "clip_base", [f"data.tokenizer={tokenizer}"], config, dvc, mlflow, ray, training)
+    return _result(result)
+
+
+base_model_assets = [vae, clip_evaluator, sd_base, llm_base, clip_base]
