@@ -64,3 +64,24 @@ def tiny_data(tmp_path_factory):
         texts.extend(split_texts(data / "prepared" / name, "train"))
     train_bpe_tokenizer(texts, cfg.tokenizer, data / "tokenizer")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_text_data(tiny_data):
+    """`tiny_data` plus every other text corpus llm_base learns (ParaImage, VIST, MMDialog), prepared in the same root."""
+    from pathlib import Path
+
+    from components.config import load_config
+    from components.data.formats import read_corpus
+    from components.data.pipeline_config import DataConfig
+    from components.data.prepare import prepare_dataset, validate_corpus
+
+    data = tiny_data / "data"
+    cfg = load_config(DataConfig, Path(__file__).parents[1] / "training_jobs" / "configs" / "data" / "tiny.yaml")
+    for name in ("paraimage_big", "paraimage_small", "vist", "mmdialog"):
+        spec = cfg.spec(name)
+        validate_corpus(read_corpus(spec.format, data / "raw" / name), data / "validated" / name, dataset=name,
+                        fmt=spec.format, source=data / "raw" / name, cfg=cfg.validation_for(name))
+        prepare_dataset(data / "validated" / name, data / "prepared" / name, dataset=name,
+                        split_cfg=cfg.split_for(name), shard_cfg=cfg.shards)
+    return tiny_data
