@@ -151,7 +151,7 @@ def test_mario_rescales_and_orders_quads():
     assert [w.text for w in good.words] == ["OPEN", "Daily"]
     assert good.words[0].quad == (8.0, 12.0, 32.0, 12.0, 32.0, 24.0, 8.0, 24.0)
     assert good.words[1].quad == (36.0, 36.0, 60.0, 36.0, 60.0, 42.0, 36.0, 42.0)
-    assert good.words[0].confidence == pytest.approx(0.99)
+    assert good.words[0].confidence == pytest.approx(0.99)  # parsed from '0.99': a float32 trip at most (6e-8)
     assert good.extra["info"]["key"] == "000010000"
     # Missing and corrupt images: the size comes from info.json (40x40 and 32x32).
     assert records["00001_000010002"].words[0].quad == (0.0, 0.0, 20.0, 0.0, 20.0, 20.0, 0.0, 20.0)

@@ -215,7 +215,7 @@ def test_mario_round_trip_rescales_to_the_image_and_keeps_charseg(tmp_path):
     for written, read in zip(words, back.words, strict=True):
         assert read.text == written.text
         # Integer 512-px coordinates: at most half a frame pixel of error, 0.09 image pixels here.
-        assert np.allclose(read.quad, written.quad, atol=0.5 * 96 / 512)
+        assert np.allclose(read.quad, written.quad, rtol=0, atol=0.5 * 96 / 512)
     assert np.array_equal(np.load(back.charseg_path), charseg)
     assert back.extra["info"] == info
     assert back.groundtruth is not None

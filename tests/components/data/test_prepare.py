@@ -44,6 +44,7 @@ def test_validate_then_prepare_writes_everything(pairs, tmp_path):
     assert set(result.counts) == {"train", "val", "test"}
     manifest = json.loads((prepared / "manifest.json").read_text())
     stats = json.loads((prepared / "stats.json").read_text())
+    # avg_words: a float64 mean of 30 word counts, exact up to 1e-15, under approx's default rel 1e-6
     assert stats["all"] == {"count": 30, "avg_short_side": 32.0, "avg_words": pytest.approx(10.0), "avg_nouns": stats["all"]["avg_nouns"]}
     assert stats["quarantined"] == 2 and stats["quarantine_reasons"] == {"missing_image": 1, "unreadable": 1}
     for split, entry in manifest["splits"].items():

@@ -89,11 +89,17 @@ def test_contrastive_loss_is_symmetric_and_matches_clip():
     text = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1)
     scale = torch.tensor(math.log(20.0))
     loss = clip_contrastive_loss(image, text, scale)
-    torch.testing.assert_close(loss, clip_contrastive_loss(text, image, scale))
-    torch.testing.assert_close(loss, image_text_contrastive_loss(20.0 * text @ image.t()))
+    # Logits are s * dot products of unit 8-vectors: two fp32 evaluations (another operand order, or s
+    # rounded through exp(log s)) differ by <= (8 + 2) * 2^-24 * s each (Higham; sum |a_k b_k| <= 1); a
+    # mean cross-entropy moves by at most twice its logits' error, plus its own log-sum-exp roundings.
+    def tolerance(s: float) -> dict:
+        return {"atol": 2 * 10 * 2.0**-24 * s, "rtol": 16 * 2.0**-24}
+
+    torch.testing.assert_close(loss, clip_contrastive_loss(text, image, scale), **tolerance(20.0))
+    torch.testing.assert_close(loss, image_text_contrastive_loss(20.0 * text @ image.t()), **tolerance(20.0))
     # the logit scale is clipped at 100 (CLIP Sec. 2.5)
     torch.testing.assert_close(clip_contrastive_loss(image, text, torch.tensor(math.log(1000.0))),
-                               clip_contrastive_loss(image, text, torch.tensor(math.log(100.0))))
+                               clip_contrastive_loss(image, text, torch.tensor(math.log(100.0))), **tolerance(100.0))
     # matching pairs give a lower loss than shuffled ones
     assert clip_contrastive_loss(image, image, scale) < clip_contrastive_loss(image, image.roll(1, 0), scale)
 
@@ -105,9 +111,11 @@ def test_embeddings_are_normalized(evaluator):
         small = evaluator.embed_images(torch.nn.functional.interpolate(pixels, size=16))
         texts = evaluator.embed_texts(captions)
     assert images.shape == small.shape == texts.shape == (3, TINY.projection_dim)
-    torch.testing.assert_close(images.norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(small.norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(texts.norm(dim=-1), torch.ones(3))
+    # normalising and re-measuring P = 16 components in fp32: within (P + 4) * 2^-24 of 1 (Higham)
+    unit = {"atol": (TINY.projection_dim + 4) * 2.0**-24, "rtol": 0}
+    torch.testing.assert_close(images.norm(dim=-1), torch.ones(3), **unit)
+    torch.testing.assert_close(small.norm(dim=-1), torch.ones(3), **unit)
+    torch.testing.assert_close(texts.norm(dim=-1), torch.ones(3), **unit)
 
 
 def test_text_features_pool_at_the_first_eos(evaluator, tokenizer):
@@ -119,7 +127,8 @@ def test_text_features_pool_at_the_first_eos(evaluator, tokenizer):
         eos = [row.index(tokenizer.eos_token_id) for row in input_ids.tolist()]
         expected = evaluator.model.text_projection(hidden[torch.arange(2), torch.tensor(eos)])
         transformers_pooled = evaluator.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-    torch.testing.assert_close(ours, expected)
+    assert torch.equal(ours, expected)  # the same fp32 ops on the same hidden state: bit for bit
+    # pooling at another token gives another embedding altogether, O(1) apart
     assert not torch.allclose(ours, transformers_pooled.pooler_output)
 
 

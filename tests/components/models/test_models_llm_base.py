@@ -61,7 +61,9 @@ def test_tiny_llm_overfits_a_few_sentences(memorised, tokenizer):
     counts = Counter(targets[targets != IGNORE_INDEX].tolist())
     total = sum(counts.values())
     unigram_entropy = -sum(c / total * math.log(c / total) for c in counts.values())
-    assert losses[0] == pytest.approx(math.log(len(tokenizer)), abs=0.5)  # random init starts at a uniform guess
+    # random init starts at a uniform guess: logits of std s cost ln(V) + s^2 / 2 nats on average, so abs 0.5
+    # allows s up to 1 (a small-std init gives s << 1), not a model that already knows the sentences
+    assert losses[0] == pytest.approx(math.log(len(tokenizer)), abs=0.5)
     assert unigram_entropy > 3.0
     # Below 0.3 nats the model puts ~75% on the right next token on average: it must use the context
     # (a tenth of the unigram bound), i.e. it has learnt the sentences themselves.
