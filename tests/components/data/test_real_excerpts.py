@@ -182,6 +182,7 @@ def test_mario_boxes_scale_to_an_image_not_resized_to_512(tmp_path):
     record = read("mario", src)["06269_062692530"]
     familia = record.words[0]
     # FAMILIA 185,376,186,277,437,283,436,382 starts at the bottom left; reordered from the top left.
+    # The scale factors are exact binary fractions, so abs 1e-3 only absorbs a float32 coordinate (3e-5 here).
     assert familia.quad == pytest.approx((186 * 0.9375, 277 * 0.703125, 437 * 0.9375, 283 * 0.703125,
                                           436 * 0.9375, 382 * 0.703125, 185 * 0.9375, 376 * 0.703125), abs=1e-3)
     verdict = validate_records([record], CFG).kept[0]
