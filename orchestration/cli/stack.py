@@ -2,19 +2,32 @@
 
 `demo` materializes the whole asset graph in-process (Dagster's in-process executor) against the
 local resources, recording runs in DAGSTER_HOME (.dagster_home/ in the checkout unless set), so
-the same materializations are visible afterwards in `genops ui`.
+the same materializations are visible afterwards in `genops ui`. It ends with a summary of every
+asset (facts, metrics, wall time; `demo_summary.render_summary`), printed whole at the terminal's
+width and written to outputs/demo/summary-<run id>.txt (and summary.txt, the latest).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+from components.fileio import atomic_write_text
+from orchestration.cli.demo_summary import AssetSummary, render_summary
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+# The summary file is laid out for a log or an 80-column terminal, whatever the terminal was.
+SUMMARY_FILE_WIDTH = 80
 
 
 def _dagster_home() -> Path:
@@ -26,43 +39,70 @@ def _dagster_home() -> Path:
     return home
 
 
+def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """Wall time of each step of a run, from its start and success/failure events in the event log."""
+    import dagster as dg
+
+    events = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
+                                                 dg.DagsterEventType.STEP_FAILURE})
+    started, seconds = {}, {}
+    for entry in events:
+        if entry.dagster_event_type == dg.DagsterEventType.STEP_START:
+            started[entry.step_key] = entry.timestamp
+        elif entry.step_key in started:
+            seconds[entry.step_key] = entry.timestamp - started[entry.step_key]
+    return seconds
+
+
+def materialized_assets(result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance) -> list[AssetSummary]:
+    """Each asset a run materialized, with its metadata as plain values and its step's wall time."""
+    seconds = step_seconds(instance, result.run_id)
+    return [
+        AssetSummary(
+            event.materialization.asset_key.to_user_string(),
+            {key: value.value for key, value in event.materialization.metadata.items()},
+            seconds.get(event.step_key),
+        )
+        for event in result.get_asset_materialization_events()
+    ]
+
+
+def write_summary(text: str, directory: Path, run_id: str) -> tuple[Path, Path]:
+    """`summary-<run_id>.txt` and `summary.txt` (the latest) in `directory`, each written atomically."""
+    run_file = atomic_write_text(directory / f"summary-{run_id}.txt", text)
+    latest = atomic_write_text(directory / "summary.txt", text)
+    return run_file, latest
+
+
 def demo() -> None:
     """Run the main job: materialize every asset of the graph, end to end, on the demo profile."""
     home = _dagster_home()
     import dagster as dg
-    from rich.console import Console
-    from rich.table import Table
 
     from orchestration.definitions import defs
+    from orchestration.resources import project_root
 
-    console = Console()
-    console.print(f"[bold]genops demo[/]: materializing the asset graph in-process (DAGSTER_HOME={home})")
+    typer.echo(f"genops demo: materializing the asset graph in-process (DAGSTER_HOME={home})")
     started = time.monotonic()
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
-        table = Table(title="materialized assets")
-        for col in ("asset", "data version / run", "facts"):
-            table.add_column(col)
-        for event in result.get_asset_materialization_events():
-            mat = event.materialization
-            meta = {k: v.value for k, v in mat.metadata.items()}
-            facts = [f"{k}={meta[k]}" for k in ("records_kept", "quarantined", "vocab_size", "injected_faults") if k in meta]
-            if meta.get("registered_model_uri"):
-                facts.append(meta["registered_model_uri"])
-            facts.extend(f"{k}={v:.3g}" for k, v in (meta.get("final_metrics") or {}).items()
-                         if k.startswith(("val/", "eval/", "scaling")) and isinstance(v, (int, float)))
-            facts = ", ".join(facts)
-            version = meta.get("dataset_version") or meta.get("mlflow_run_id", "")
-            table.add_row(mat.asset_key.to_user_string(), str(version)[:16], facts)
-        console.print(table)
+        assets = materialized_assets(result, instance)
     elapsed = time.monotonic() - started
+    # Plain lines, never cut: at the terminal's width (80 in a log: COLUMNS or the fallback), and at 80 in the file.
+    width = shutil.get_terminal_size((SUMMARY_FILE_WIDTH, 24)).columns
+    typer.echo(render_summary(assets, width, run_id=result.run_id, total_seconds=elapsed), nl=False)
+    run_file, latest = write_summary(
+        render_summary(assets, SUMMARY_FILE_WIDTH, run_id=result.run_id, total_seconds=elapsed),
+        project_root() / "outputs" / "demo", result.run_id,
+    )
+    typer.echo(f"summary written to {run_file} (latest: {latest})")
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
-        console.print(f"[red]demo failed[/] after {elapsed:.0f}s; failed steps: {failed}. "
-                      f"Run `genops ui` and open the run for the full error.")
+        typer.secho(f"demo failed after {elapsed:.0f}s; failed steps: {failed}. "
+                    f"Run `genops ui` and open the run for the full error.", fg="red")
         raise typer.Exit(code=1)
-    console.print(f"[green]demo succeeded[/] in {elapsed:.0f}s (run {result.run_id}); see it in `genops ui`.")
+    typer.secho(f"demo succeeded in {elapsed:.0f}s (run {result.run_id}); see it in `genops ui`.", fg="green")
 
 
 def ui(port: int = typer.Option(3000, help="Port of the Dagster webserver.")) -> None:
