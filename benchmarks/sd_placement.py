@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
+from components.config import apply_overrides, from_dict, load_values
 from components.data.scene import Scene
 from components.data.training_data import collate_pairs, pair_decoder
 from components.diffusion import (
@@ -32,7 +34,7 @@ from components.diffusion import (
 from components.metrics.faithfulness import NamedObject, text_faithfulness
 from components.models.autoencoder import decode_latents, encode_latents, load_autoencoder, pixels_to_images
 from components.models.probes import SceneLabelEncoder, attention_layout, one_object_captions, text_probe
-from components.models.sd_base import SDBase, build_unet
+from components.models.sd_base import SDBase, SDBaseConfig, build_unet
 from training_jobs.data_loading import first_samples, shard_paths
 from training_jobs.launcher import default_tracking_uri
 from training_jobs.model_inputs import resolve_model_path
@@ -114,15 +116,26 @@ def text_model_on_one_object_rows(sd: SDBase, vae) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="an sd_base export folder (save_pretrained)")
+    parser.add_argument("--weights", help="an sd_base export folder (save_pretrained); needed for (a)")
+    parser.add_argument("--model-config", default=str(ROOT / "training_jobs/configs/models/sd_base/demo.yaml"),
+                        help="without --weights: the model config whose UNet (b)-(d) use")
+    parser.add_argument("--override", action="append", default=[], help="key=value on --model-config, repeatable")
     parser.add_argument("--vae", default="models:/genops-vae/1", help="VAE folder or registry URI")
     parser.add_argument("--tracking-uri", default=default_tracking_uri(ROOT))
     parser.add_argument("--label-steps", type=int, default=600, help="(b) training steps per arm")
     parser.add_argument("--batch-size", type=int, default=24)
+    parser.add_argument("--position-embedding", default="off,on", help="(b) arms: off, on or off,on")
     parser.add_argument("--only", default="abcd", help="which parts to run, e.g. 'acd'")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    sd = SDBase.from_pretrained(args.weights).eval()
+    if args.weights:
+        sd = SDBase.from_pretrained(args.weights).eval()
+    elif "a" in args.only:
+        parser.error("(a) probes a trained text encoder: pass --weights")
+    else:
+        values = apply_overrides(load_values(args.model_config), args.override)
+        cfg = from_dict(SDBaseConfig, values, args.model_config)
+        sd = SDBase.from_config(cfg, AutoTokenizer.from_pretrained(ROOT / "data" / "tokenizer")).eval()
     vae = load_autoencoder(resolve_model_path(args.vae, args.tracking_uri)).eval()
     if "a" in args.only:
         scores = text_probe(sd, one_object_captions(1800, seed=0))
@@ -131,10 +144,11 @@ def main() -> None:
         print(f"    mean-pooled state: position {scores['mean/position']:.2f}  colour {scores['mean/colour']:.2f}")
     if "b" in args.only:
         print("(b) one-object val rows: colour placement / location / attribute / object")
-        text = text_model_on_one_object_rows(sd, vae)
-        print(f"    text-conditioned model ({args.weights}): {text['colour_placement']:.2f} / {text['location']:.2f} / "
-              f"{text['attribute']:.2f} / {text['object']:.2f} on {text['rows']} rows")
-        for position_embedding in (False, True):
+        if args.weights:
+            text = text_model_on_one_object_rows(sd, vae)
+            print(f"    text-conditioned model ({args.weights}): {text['colour_placement']:.2f} / "
+                  f"{text['location']:.2f} / {text['attribute']:.2f} / {text['object']:.2f} on {text['rows']} rows")
+        for position_embedding in [p == "on" for p in args.position_embedding.split(",")]:
             with torch.enable_grad():
                 result = label_conditioned_run(sd, vae, args.label_steps, args.batch_size, position_embedding)
             print(f"    label-conditioned UNet, position embedding {position_embedding}, {result['steps']} steps: "
