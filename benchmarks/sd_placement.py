@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine_load import start_watch
 from transformers import AutoTokenizer
 
 from components.config import apply_overrides, from_dict, load_values
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--position-embedding", default="off,on", help="(b) arms: off, on or off,on")
     parser.add_argument("--only", default="abcd", help="which parts to run, e.g. 'acd'")
     args = parser.parse_args()
+    machine = start_watch()
+    table: list[str] = []  # printed after the machine report, as every benchmark does
     torch.set_grad_enabled(False)
     if args.weights:
         sd = SDBase.from_pretrained(args.weights).eval()
@@ -139,41 +142,43 @@ def main() -> None:
     vae = load_autoencoder(resolve_model_path(args.vae, args.tracking_uri)).eval()
     if "a" in args.only:
         scores = text_probe(sd, one_object_captions(1800, seed=0))
-        print("(a) linear probe, held-out accuracy (chance: position 1/9, colour 1/8)")
-        print(f"    all token states:  position {scores['all/position']:.2f}  colour {scores['all/colour']:.2f}")
-        print(f"    mean-pooled state: position {scores['mean/position']:.2f}  colour {scores['mean/colour']:.2f}")
+        table.append("(a) linear probe, held-out accuracy (chance: position 1/9, colour 1/8)")
+        table.append(f"    all token states:  position {scores['all/position']:.2f}  colour {scores['all/colour']:.2f}")
+        table.append(f"    mean-pooled state: position {scores['mean/position']:.2f}  colour {scores['mean/colour']:.2f}")
     if "b" in args.only:
-        print("(b) one-object val rows: colour placement / location / attribute / object")
+        table.append("(b) one-object val rows: colour placement / location / attribute / object")
         if args.weights:
             text = text_model_on_one_object_rows(sd, vae)
-            print(f"    text-conditioned model ({args.weights}): {text['colour_placement']:.2f} / "
+            table.append(f"    text-conditioned model ({args.weights}): {text['colour_placement']:.2f} / "
                   f"{text['location']:.2f} / {text['attribute']:.2f} / {text['object']:.2f} on {text['rows']} rows")
         for position_embedding in [p == "on" for p in args.position_embedding.split(",")]:
             with torch.enable_grad():
                 result = label_conditioned_run(sd, vae, args.label_steps, args.batch_size, position_embedding)
-            print(f"    label-conditioned UNet, position embedding {position_embedding}, {result['steps']} steps: "
+            table.append(f"    label-conditioned UNet, position embedding {position_embedding}, {result['steps']} steps: "
                   f"{result['colour_placement']:.2f} / {result['location']:.2f} / {result['attribute']:.2f} / "
                   f"{result['object']:.2f} on {result['rows']} rows", flush=True)
     if "c" in args.only:
         diffusion = sd.cfg.diffusion
-        print(f"(c) noise levels ({diffusion.beta_schedule}, {diffusion.prediction_type}, "
+        table.append(f"(c) noise levels ({diffusion.beta_schedule}, {diffusion.prediction_type}, "
               f"{diffusion.sampler} {diffusion.num_inference_steps} steps)")
         first = make_sampling_scheduler(sd.noise_scheduler, diffusion.sampler)
         first.set_timesteps(diffusion.num_inference_steps)
-        print(f"    sampler's first timestep: {int(first.timesteps[0])} of {sd.noise_scheduler.config.num_train_timesteps}")
-        print("    SNR band      t range    timesteps  weight(min-SNR-5)  weight(plain)  sampler steps")
+        table.append(f"    sampler's first timestep: {int(first.timesteps[0])} of {sd.noise_scheduler.config.num_train_timesteps}")
+        table.append("    SNR band      t range    timesteps  weight(min-SNR-5)  weight(plain)  sampler steps")
         bands = {g: noise_level_profile(sd.noise_scheduler, make_sampling_scheduler(sd.noise_scheduler, diffusion.sampler),
                                         diffusion.num_inference_steps, g) for g in (5.0, None)}
         for b5, b1 in zip(bands[5.0], bands[None]):
-            print(f"    [{b5.snr_low:g}, {b5.snr_high:g})".ljust(18) + f"{b5.t_first}-{b5.t_last}".ljust(11)
+            table.append(f"    [{b5.snr_low:g}, {b5.snr_high:g})".ljust(18) + f"{b5.t_first}-{b5.t_last}".ljust(11)
                   + f"{b5.timestep_share:9.3f}  {b5.loss_weight_share:17.3f}  {b1.loss_weight_share:13.3f}"
                   f"  {b5.sampler_step_share:13.3f}")
     if "d" in args.only:
-        print("(d) attention layout (3x3 grid of named positions)")
+        table.append("(d) attention layout (3x3 grid of named positions)")
         for level in attention_layout(sd.unet):
             kind = "cross+self" if level.cross_attention else ("none" if "no attention" in level.block else "self")
-            print(f"    {level.block:32s} {level.side:2d}x{level.side:<2d} {kind:10s} "
+            table.append(f"    {level.block:32s} {level.side:2d}x{level.side:<2d} {kind:10s} "
                   f"{level.tokens_per_cell:5.1f} tokens per named cell")
+    machine.report()
+    print("\n".join(table))
 
 
 if __name__ == "__main__":
