@@ -129,6 +129,8 @@ class SDBaseConfig:
     unet: SDUNetConfig = field(default_factory=SDUNetConfig)
     # noise schedule, prediction type, min-SNR, caption dropout and sampler defaults
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # train only the UNet: the text encoder keeps its initial (or pretrained) weights, as SD freezes its CLIP text tower
+    freeze_text_encoder: bool = False
 
 
 def build_unet(cfg: SDUNetConfig, cross_attention_dim: int) -> UNet2DConditionModel:
@@ -271,6 +273,7 @@ class SDBase(nn.Module):
     def from_config(cls, cfg: SDBaseConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> SDBase:
         """Randomly initialised text encoder and UNet; the vocabulary and special ids come from `tokenizer`."""
         text_encoder = CLIPTextModel(clip_text_config(cfg.text, tokenizer))
+        text_encoder.requires_grad_(not cfg.freeze_text_encoder)
         unet = build_unet(cfg.unet, cross_attention_dim=cfg.text.hidden_size)
         return cls(cfg, text_encoder, unet, tokenizer)
 

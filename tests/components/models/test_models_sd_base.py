@@ -1,5 +1,6 @@
 """The SD-style base model: config checks, the training loss, CFG sampling, the VAE round trip, save/load."""
 
+import dataclasses
 import json
 import math
 import random
@@ -104,8 +105,9 @@ def test_loss_is_finite_and_decreases_when_overfitting(tokenizer):
 
 
 def test_frozen_text_encoder_runs_without_autograd(tokenizer):
-    model = SDBase.from_config(TINY, tokenizer)
-    model.text_encoder.requires_grad_(False)
+    model = SDBase.from_config(dataclasses.replace(TINY, freeze_text_encoder=True), tokenizer)
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    assert all(p.requires_grad for p in SDBase.from_config(TINY, tokenizer).text_encoder.parameters())
     input_ids, attention_mask = model.tokenize(PROMPTS)
     assert not model.encode_text(input_ids, attention_mask).requires_grad
     model(torch.randn(2, 4, 8, 8), input_ids, attention_mask)["loss"].backward()
