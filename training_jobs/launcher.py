@@ -67,6 +67,15 @@ class RunSection:
     max_failures: int = 0
     """Worker-group restarts Ray Train attempts (from the latest checkpoint) before failing the job."""
 
+    def __post_init__(self) -> None:
+        # The launcher resolves storage_path as a local Path: "s3://bucket/ray" would silently become a
+        # folder named "s3:". Shared filesystems (NFS, a mounted bucket) work; object-store URIs do not yet.
+        if self.storage_path and "://" in self.storage_path:
+            raise ValueError(
+                f"run.storage_path={self.storage_path!r} (or GENOPS_RAY_STORAGE) is a URI; give a folder on a "
+                "filesystem every Ray node mounts (object-store checkpoint storage is not supported yet)"
+            )
+
 
 class GPUUnavailableError(RuntimeError):
     """The config asks for GPUs the Ray cluster does not have."""

@@ -103,3 +103,9 @@ def test_relative_data_paths_are_anchored_at_the_project_root(tmp_path):
     assert cfg.data.tokenizer == str(tmp_path / "data" / "tokenizer")  # Ray workers have another cwd
     assert cfg.data.vae == "models:/genops-vae/latest"
     assert cfg.data.prepared_root == "data/prepared"  # does not exist under this root: left alone
+
+
+def test_object_store_storage_path_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match=r"run\.storage_path='s3://bucket/ray'.*GENOPS_RAY_STORAGE"):
+        resolve_config("vae", "tiny", ["run.storage_path=s3://bucket/ray"])
+    assert resolve_config("vae", "tiny", ["run.storage_path=/mnt/shared/ray"]).run.storage_path == "/mnt/shared/ray"
