@@ -83,11 +83,26 @@ def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") ->
         )
     kwargs = {}
     for name, value in values.items():
+        default = fields[name].default_factory
+        if isinstance(value, Mapping) and default is not dataclasses.MISSING and dataclasses.is_dataclass(hints[name]):
+            # A section given in part keeps the rest of the owner's default, not the section class's:
+            # `data: {datasets: [...]}` must not reset a recipe's `data.train_split="holdout"` to the class default.
+            value = _deep_merge(to_dict(default()), value)
         kwargs[name] = _coerce(hints[name], value, f"{where}:{name}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -61,3 +61,31 @@ def test_wrong_type_names_the_field():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Run, tmp_path / "nope.yaml")
+
+
+@dataclass
+class Section:
+    split: str = "train"
+    size: int = 1
+
+
+@dataclass
+class Owner:
+    section: Section = field(default_factory=lambda: Section(split="holdout"))
+
+
+def test_a_section_given_in_part_keeps_the_owners_default_for_the_rest():
+    from components.config import from_dict
+
+    assert from_dict(Owner, {"section": {"size": 3}}).section == Section(split="holdout", size=3)
+    assert from_dict(Owner, {"section": {"split": "val"}}).section.split == "val"
+    assert from_dict(Owner, {}).section.split == "holdout"
+
+
+@pytest.mark.parametrize("profile", ["tiny", "demo", "paper"])
+def test_the_evaluator_clip_trains_on_the_holdout_split_in_every_profile(profile):
+    # its YAMLs give a `data:` section without train_split: the recipe's holdout default must survive
+    from training_jobs.launcher import resolve_config
+
+    assert resolve_config("clip_evaluator", profile, []).data.train_split == "holdout"
+    assert resolve_config("clip_base", profile, []).data.train_split == "train"
