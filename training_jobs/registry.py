@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -171,7 +170,7 @@ class Decision:
         return asdict(self)
 
 
-def _client(tracking_uri: str | None):
+def registry_client(tracking_uri: str | None):
     import mlflow
 
     if tracking_uri:
@@ -317,7 +316,7 @@ def promote(
     `metrics` default to the version's recorded evaluation (`eval.*` tags). `_before_write` runs
     between the last read of the champion and the alias move (tests widen the race window with it).
     """
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     model, version = policy.model, str(version)
     client.get_model_version(model, version)  # a clear MLflow error for an unknown version
     if metrics is None:
@@ -354,7 +353,7 @@ def rollback(tracking_uri: str, model: str) -> Decision:
 
     `previous-champion` then moves to the champion before that one in the history (or is removed).
     """
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     with promotion_lock(tracking_uri, model):
         champion = _alias_version(client, model, CHAMPION)
         previous = _alias_version(client, model, PREVIOUS)
@@ -395,7 +394,7 @@ class ModelStatus:
 
 def status(tracking_uri: str, models: list[str] | None = None) -> list[ModelStatus]:
     """The champion of every registered model (or of `models`), its metrics and lineage."""
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     names = models or sorted(m.name for m in client.search_registered_models())
     out = []
     for name in names:
@@ -441,14 +440,7 @@ def render_status(rows: list[ModelStatus]) -> str:
 
 
 def registry_status_text(tracking_uri: str | None = None) -> str:
-    """`genops registry status` as text, for `genops demo` to print at its end."""
-    return render_status(status(tracking_uri or default_tracking_uri()))
+    """`genops registry status` as text (`genops demo` prints it at its end)."""
+    from training_jobs.launcher import default_tracking_uri, project_root
 
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else the embedded store of this checkout."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    root = Path(os.environ.get("GENOPS_ROOT") or Path(__file__).resolve().parents[1]).resolve()
-    return f"sqlite:///{root / 'mlflow' / 'store' / 'mlflow.db'}"
+    return render_status(status(tracking_uri or default_tracking_uri(project_root())))

@@ -170,3 +170,25 @@ def test_shipped_policies_load_and_bad_fields_are_named(tmp_path):
     bad.write_text("model: m\nprimary_metric: x\ngates: [{metric: y}]\n")
     with pytest.raises(ValueError, match=r"gates\[0\] \(y\) needs a `min` or a `max`"):
         load_policy(bad)
+
+
+def test_cli_status_and_rollback(registry, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    uri, client, make, model, policy = registry
+    v1, v2 = (make({"clip_score": s, "faithfulness_object": 0.5}) for s in (0.3, 0.4))
+    promote(uri, policy, v1)
+    promote(uri, policy, v2)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    runner = CliRunner()
+    out = runner.invoke(app, ["registry", "status", model])
+    assert out.exit_code == 0 and f"{model}: champion v{v2} (previous v{v1})" in out.output
+    out = runner.invoke(app, ["registry", "rollback", model])
+    assert out.exit_code == 0 and f"champion v{v2} -> v{v1}" in out.output
+    assert _aliases(client, model) == {CHAMPION: v1}
+    out = runner.invoke(app, ["registry", "rollback", model])
+    assert out.exit_code == 1 and "no previous-champion" in out.output
+    out = runner.invoke(app, ["registry", "history", model])
+    assert out.exit_code == 0 and "rolled-back" in out.output

@@ -1,0 +1,82 @@
+"""`genops registry status | promote | rollback | history`: the evaluation-gated MLflow model registry."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Champions, promotions and rollbacks in the MLflow model registry (aliases, not stages).",
+                  no_args_is_help=True)
+
+
+def _uri() -> str:
+    from training_jobs.launcher import default_tracking_uri, project_root
+
+    return default_tracking_uri(project_root())
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1) from exc
+
+
+@app.command()
+def status(models: list[str] | None = typer.Argument(None, help="Registered model names (default: every model).")) -> None:
+    """Each model's champion, its evaluation metrics and lineage (run, dataset versions, git commit)."""
+    from mlflow.exceptions import MlflowException
+
+    from training_jobs.registry import render_status, status as registry_status
+
+    try:
+        typer.echo(render_status(registry_status(_uri(), models or None)), nl=False)
+    except MlflowException as exc:
+        _fail(exc)
+
+
+@app.command()
+def promote(
+    model: str = typer.Argument(..., help="Registered model name, e.g. genops-sd-base."),
+    version: str = typer.Argument(..., help="The candidate version (its eval.* tags hold its evaluation)."),
+    policy: str | None = typer.Option(None, help="Policy YAML (default: mlflow/policies/<model>.yaml)."),
+) -> None:
+    """Apply the model's promotion policy to an evaluated version: champion if it passes and is better."""
+    from mlflow.exceptions import MlflowException
+
+    from training_jobs.registry import load_policy, policy_path, promote as registry_promote
+
+    try:
+        decision = registry_promote(_uri(), load_policy(policy or policy_path(model)), version)
+    except (MlflowException, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    colour = typer.colors.GREEN if decision.action == "promoted" else typer.colors.YELLOW
+    typer.secho(f"{model} v{version}: {decision.action} ({decision.reason}); champion now "
+                f"v{decision.champion_after or '-'}", fg=colour)
+
+
+@app.command()
+def rollback(model: str = typer.Argument(..., help="Registered model name, e.g. genops-sd-base.")) -> None:
+    """Give `champion` back to `previous-champion`; the rolled-back version is tagged and the history records it."""
+    from mlflow.exceptions import MlflowException
+
+    from training_jobs.registry import rollback as registry_rollback
+
+    try:
+        decision = registry_rollback(_uri(), model)
+    except (MlflowException, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"{model}: champion v{decision.champion_before} -> v{decision.champion_after} (v{decision.version} "
+               "tagged rolled-back)")
+
+
+@app.command()
+def history(model: str = typer.Argument(..., help="Registered model name.")) -> None:
+    """Every promotion decision and rollback of a model, oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    from training_jobs.registry import history_markdown, read_history, registry_client
+
+    try:
+        client = registry_client(_uri())
+        client.get_registered_model(model)
+        typer.echo(history_markdown(model, read_history(client, model)), nl=False)
+    except MlflowException as exc:
+        _fail(exc)
