@@ -257,7 +257,7 @@ class MiniGPT5(nn.Module):
             self.enable_lora()
         self.requires_grad_(False)
         groups = self.parameter_groups(stage)
-        for name, (params, _) in groups.items():
+        for (params, _) in groups.values():
             for p in params:
                 p.requires_grad_(True)
         for handle in self._row_masks:
@@ -644,3 +644,26 @@ def story_task(steps: Sequence[dict], target: int, task: Literal["text", "image"
         parts.append(now["text"])
         return _SPACES.sub(" ", " ".join(parts)).strip(), vokens, images, target
     return _SPACES.sub(" ", " ".join(parts)).strip(), f"{now['text']} {vokens}".strip(), images, target
+
+
+class _VisionTowerOnly(nn.Module):
+    """A CLIPModel without its tokenizer: what a meta-device size check needs of the visual encoder."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+
+def meta_model(cfg: MiniGPT5Config, llm_cfg, clip_cfg, generator_cfg, stage: int) -> MiniGPT5:
+    """The whole MiniGPT-5 on the meta device (no memory, no weights) with the stage's trainable set,
+    for parameter counts at paper scale (Vicuna-7B, SD 2.1's sizes)."""
+    from components.models.clip_evaluator import build_clip_model
+    from components.models.llm_base import llama_config
+
+    with torch.device("meta"):
+        llm = LlamaForCausalLM(llama_config(llm_cfg))
+        clip = _VisionTowerOnly(build_clip_model(clip_cfg))
+        generator = SDBase.from_config(generator_cfg)
+        model = MiniGPT5(cfg, llm, None, clip, generator)
+        model.set_stage(stage)
+    return model

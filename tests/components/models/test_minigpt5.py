@@ -38,7 +38,7 @@ def test_paper_mapper_maps_1x8x4096_to_1x77x1024_with_the_official_sizes():
         mapper = FeatureMapper(4096, 1024, 77, cfg)
         out = mapper(torch.zeros(1, 8, 4096))
     assert tuple(out.shape) == (1, 77, 1024)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     # MLP: 4096*1024 + 1024 + 1024*1024 + 1024
     assert count(mapper.mlp) == 4096 * 1024 + 1024 + 1024 * 1024 + 1024
     # enc layer: attn 4*1024^2 + 4*1024, FF 2*1024*4096 + 4096 + 1024, 2 LayerNorms; dec adds cross-attn + 1 LN;
@@ -92,8 +92,8 @@ def test_one_optimizer_step_changes_exactly_the_stage_s_trainable_parameters(par
     out["loss"].backward()
     optimizer.step()
     changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
-    emb_name = [k for k, v in model.named_parameters() if v is model.causal_lm.get_input_embeddings().weight][0]
-    head_name = [k for k, v in model.named_parameters() if v is model.causal_lm.get_output_embeddings().weight][0]
+    emb_name = next(k for k, v in model.named_parameters() if v is model.causal_lm.get_input_embeddings().weight)
+    head_name = next(k for k, v in model.named_parameters() if v is model.causal_lm.get_output_embeddings().weight)
     for name in (emb_name, head_name):  # only the voken rows of both matrices moved
         now = dict(model.named_parameters())[name]
         rows = (now != before[name]).any(dim=1).nonzero().flatten().tolist()
