@@ -37,7 +37,13 @@ from torch import nn
 from transformers import AutoTokenizer, LlamaConfig, LlamaModel, PreTrainedTokenizerBase
 
 from components.config import from_dict, to_dict
-from components.diffusion import DiffusionConfig, denoising_loss, make_noise_scheduler, make_sampling_scheduler, sample
+from components.diffusion import (
+    DiffusionConfig,
+    denoising_loss,
+    make_noise_scheduler,
+    make_sampling_scheduler,
+    sample,
+)
 from components.fileio import atomic_directory
 from components.models.autoencoder import decode_latents, latent_shape
 from components.models.sd_base import SDUNetConfig, build_unet

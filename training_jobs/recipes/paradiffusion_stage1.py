@@ -17,7 +17,13 @@ from components.models.paradiffusion import ParaDiffusion, ParaDiffusionConfig, 
 from training_jobs.launcher import RunSection, ScalingSection
 from training_jobs.loop import TrainConfig, seed_everything
 from training_jobs.model_inputs import resolve_model_path
-from training_jobs.paradiffusion_training import StageData, lineage_tags, stage_datasets, stage_vae, train_stage
+from training_jobs.paradiffusion_training import (
+    StageData,
+    lineage_tags,
+    stage_datasets,
+    stage_vae,
+    train_stage,
+)
 from training_jobs.tracking import TrackingConfig
 from training_jobs.worker import worker_context
 

@@ -1,63 +1,17 @@
 """ParaDiffusion's model: the LLM reads whole paragraphs into cross-attention, only LoRA + UNet train,
 padding is masked, CFG sampling, and the diffusers-layout save/load with a PEFT adapter."""
 
-import random
-
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
-from components.data.scene import sample_scene
-from components.diffusion import DiffusionConfig
 from components.models.autoencoder import AutoencoderConfig, build_autoencoder, load_autoencoder
 from components.models.paradiffusion import LORA_FOLDER, LoraSettings, ParaDiffusion, ParaDiffusionConfig
-from components.models.sd_base import SDUNetConfig
-
-HIDDEN = 16
-
-
-def config(rank: int = 0, padding: str = "longest", max_tokens: int = 512) -> ParaDiffusionConfig:
-    return ParaDiffusionConfig(
-        max_tokens=max_tokens, padding=padding, lora=LoraSettings(rank=rank, alpha=8),
-        unet=SDUNetConfig(sample_size=4, latent_channels=4, block_out_channels=(16, 32), cross_attention=(True, True),
-                          attention_head_dim=(2, 2), norm_num_groups=8),
-        diffusion=DiffusionConfig(num_inference_steps=3, guidance_scale=3.0, snr_gamma=None),
-    )
-
-
-def paragraph(words: int, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    out = []
-    while len(out) < words:
-        scene = sample_scene(rng, 1, 3)
-        out += " ".join(f"There is {o.phrase()} at the {o.position}." for o in scene.objects).split()
-    return " ".join(out[:words])
+from tests.paradiffusion_parts import HIDDEN, build, config, llm, make_tokenizer, paragraph
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], show_progress=False)
-    bpe.train_from_iterator([paragraph(60, s) for s in range(50)], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
-
-def llm(tokenizer) -> LlamaModel:
-    torch.manual_seed(0)
-    return LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
-                                  eos_token_id=2))
-
-
-def build(tokenizer, **kwargs) -> ParaDiffusion:
-    model = ParaDiffusion.from_llm(config(**kwargs), llm(tokenizer), tokenizer)
-    torch.manual_seed(1)
-    for p in model.unet.parameters():  # diffusers zero-initialises conv_out: make the UNet's output depend on the text
-        p.data.add_(0.02 * torch.randn_like(p))
-    return model
+    return make_tokenizer()
 
 
 def test_a_400_word_paragraph_reaches_cross_attention_untruncated(tokenizer):
@@ -123,7 +77,7 @@ def test_without_lora_the_llm_runs_without_autograd(tokenizer):
 
 def test_guided_sampling_is_seeded_and_follows_the_text(tokenizer):
     model = build(tokenizer).eval()
-    run = lambda texts: model.sample_latents(texts, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    run = lambda texts: model.sample_latents(texts, generator=torch.Generator().manual_seed(0))
     a, b = run(["a red circle at the top left"]), run(["a red circle at the top left"])
     assert a.shape == (1, 4, 4, 4) and torch.equal(a, b)
     assert not torch.equal(a, run([paragraph(80)]))
