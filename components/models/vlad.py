@@ -226,8 +226,10 @@ class PromptUnits:
 
 # a quoted span: 'x', "x", or curly quotes; a single quote must not sit inside a word (it's, don't)
 _QUOTED = re.compile(r"(?<![\w])'([^']+?)'(?![\w])|\"([^\"]+?)\"|\u2018([^\u2019]+?)\u2019|\u201c([^\u201d]+?)\u201d")
+_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 _VOCAB_OBJECT = re.compile(
-    r"\b(?:(?P<size>" + "|".join(SIZES) + r")[\s-]+)?(?:[a-z-]+[\s-]+)?"
+    r"\b(?:(?P<det>a|an|the|" + "|".join(_NUMBERS) + r")\s+)?"
+    r"(?:(?P<size>" + "|".join(SIZES) + r")[\s-]+)?(?:[a-z-]+[\s-]+)?"
     r"(?P<colour>" + "|".join(COLOURS) + r")\s+(?P<shape>" + "|".join(SHAPES) + r")s?\b"
 )
 _STOP = (
@@ -239,9 +241,11 @@ _GENERIC_OBJECT = re.compile(
     r"(?!(?:" + _STOP + r")\b)[a-z][a-z-]*)(?=\s+(?:" + _STOP + r")\b|\s*[,.;:!?]|\s*$)",
     re.IGNORECASE,
 )
-# heads of determiner phrases that are not objects: the canvas, or the text itself (its words are units already)
+# heads of determiner phrases that are not objects: the canvas, the text itself, or the surface that only carries
+# it (its words are units already, and a sign's region is its words' region)
 _NOT_OBJECTS = {"background", "image", "frame", "picture", "photo", "mood", "scene", "total", "outline",
-                "word", "words", "text", "letters", "phrase", "caption"}
+                "word", "words", "text", "letters", "phrase", "caption", "sign", "poster", "banner", "label",
+                "board", "signboard"}
 
 
 def decompose_prompt(prompt: str, max_local_units: int | None = None) -> PromptUnits:
@@ -256,15 +260,17 @@ def decompose_prompt(prompt: str, max_local_units: int | None = None) -> PromptU
         masked[match.start() : match.end()] = " " * (match.end() - match.start())
     rest = "".join(masked)  # the prompt with quoted spans blanked, offsets kept
     lowered = rest.lower()
+    # an indefinite or counted mention introduces objects; a definite one ("the white circle") refers back
     seen: set[tuple[str, str]] = set()
     for match in _VOCAB_OBJECT.finditer(lowered):
         key = (match["colour"], match["shape"])
-        if key in seen:
+        if key in seen and match["det"] not in ("a", "an", *_NUMBERS):
             continue
         seen.add(key)
         phrase = f"{match['size']} {match['colour']}" if match["size"] else match["colour"]
         article = "an" if phrase[0] in "aeiou" else "a"
-        units.append(LocalUnit("object", f"{article} {phrase} {match['shape']}", match.start()))
+        for _ in range(_NUMBERS.get(match["det"] or "", 1)):
+            units.append(LocalUnit("object", f"{article} {phrase} {match['shape']}", match.start()))
     if not seen:
         for match in _GENERIC_OBJECT.finditer(rest):
             phrase = match.group(0).strip()
