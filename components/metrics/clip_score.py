@@ -22,38 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from components.metrics.fid import ImageLike, load_rgb
+from components.metrics.loading import ImageLike, load_clip_model, load_rgb
 
 logger = logging.getLogger(__name__)
 
 TEXTDIFFUSER_PREFIX = "A photo depicts "
-
-
-# Written by `components/models/clip_evaluator.py` beside a genops-trained evaluator CLIP, which
-# preprocesses as OpenAI CLIP does (bicubic resize to the tower's size, CLIP mean/std).
-GENOPS_CLIP_CONFIG = "genops_clip_evaluator.json"
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def load_clip_image_processor(path: Path, image_size: int):
-    """The image processor saved with a CLIP folder, or OpenAI CLIP's for a genops evaluator folder."""
-    from transformers import CLIPImageProcessorPil
-
-    if (path / "preprocessor_config.json").is_file():
-        return CLIPImageProcessorPil.from_pretrained(path)
-    if (path / GENOPS_CLIP_CONFIG).is_file():
-        logger.info("%s is a genops clip_evaluator: OpenAI CLIP preprocessing at %d px", path, image_size)
-        return CLIPImageProcessorPil(
-            size={"shortest_edge": image_size},
-            crop_size={"height": image_size, "width": image_size},
-            image_mean=list(OPENAI_CLIP_MEAN),
-            image_std=list(OPENAI_CLIP_STD),
-        )
-    raise FileNotFoundError(
-        f"CLIP model folder {path} has no preprocessor_config.json: save the model's CLIPImageProcessor "
-        "beside it so evaluation preprocesses images as the model was trained"
-    )
 
 
 class ClipEmbedder:
@@ -66,19 +39,17 @@ class ClipEmbedder:
     """
 
     def __init__(self, model_path: str | Path, device: str | torch.device = "cpu") -> None:
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer
 
         path = Path(model_path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"CLIP model folder {path} has no config.json")
+        model, self.processor = load_clip_model(path)
         self.device = torch.device(device)
-        self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
+        self.model = model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.eos_token_id is None or self.tokenizer.pad_token_id is None:
             raise ValueError(
                 f"the tokenizer in {path} needs an eos_token and a pad_token (CLIP pools at <eos>)"
             )
-        self.processor = load_clip_image_processor(path, self.model.config.vision_config.image_size)
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.name = f"clip:{path.resolve().name}"
 

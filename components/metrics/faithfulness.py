@@ -44,7 +44,7 @@ from components.data.scene import (
     draw_shape,
     position_of,
 )
-from components.metrics.fid import ImageLike, load_rgb
+from components.metrics.loading import ImageLike, load_rgb
 
 # Area of each shape as a multiple of r^2, r being draw_shape's "radius" (half the box side).
 _AREA_PER_R2: dict[str, float] = {

@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from components.metrics.inception import FID_INPUT_SIZE, FIDInceptionV3
+from components.metrics.loading import ImageLike, load_clip_model, load_rgb
 
 logger = logging.getLogger(__name__)
-
-ImageLike = Image.Image | str | Path
 
 
 class FeatureExtractor(Protocol):
@@ -49,18 +48,6 @@ class FeatureExtractor(Protocol):
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) -> (B, D) features."""
         ...
-
-
-def load_rgb(image: ImageLike) -> Image.Image:
-    """A PIL image in RGB from a PIL image or a path (the error names the file)."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(image)
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
 
 
 class InceptionExtractor:
@@ -105,24 +92,10 @@ class ClipImageExtractor:
     """
 
     def __init__(self, model_path: str | Path, device: str | torch.device = "cpu") -> None:
-        from transformers import AutoConfig, CLIPModel, CLIPVisionModelWithProjection
-
-        from components.metrics.clip_score import load_clip_image_processor
-
         path = Path(model_path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"CLIP model folder {path} has no config.json")
-        model_type = AutoConfig.from_pretrained(path).model_type
-        if model_type == "clip":
-            self.model = CLIPModel.from_pretrained(path)
-        elif model_type == "clip_vision_model":
-            self.model = CLIPVisionModelWithProjection.from_pretrained(path)
-        else:
-            raise ValueError(f"{path} holds a {model_type!r} model; the CLIP extractor needs a CLIP model")
+        self.model, self.processor = load_clip_model(path, vision_only=True)
         self.device = torch.device(device)
         self.model.to(self.device).eval()
-        vision_config = getattr(self.model.config, "vision_config", self.model.config)
-        self.processor = load_clip_image_processor(path, vision_config.image_size)
         self.name = f"clip:{path.resolve().name}"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:

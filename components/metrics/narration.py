@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components.metrics.fid import ImageLike
+from components.metrics.loading import ImageLike
 
 if TYPE_CHECKING:
     from components.metrics.clip_score import ClipEmbedder

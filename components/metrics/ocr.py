@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.metrics.fid import ImageLike, load_rgb
+from components.metrics.loading import ImageLike, load_rgb
 
 logger = logging.getLogger(__name__)
 
