@@ -67,3 +67,23 @@ def test_stage2_starts_from_stage1_weights_and_trains_only_its_set(stages):
     for context in ("none", "text", "image", "both"):
         assert f"eval/context_{context}_clip_i" in stage2.metrics
     assert "eval/two_stage_baseline_clip_i" in stage2.metrics and "eval/narration_rouge_l" in stage2.metrics
+
+
+def test_table5_arms_are_nested_runs_with_a_comparison_table(stages, tiny_text_data, tmp_path):
+    from training_jobs.minigpt5_ablation import run_table5_ablation
+
+    _, _, uri = stages
+    parts = build_base_folders(tmp_path / "parts", tiny_text_data / "data" / "tokenizer")
+    overrides = [f"data.prepared_root={tiny_text_data / 'data' / 'prepared'}", f"run.storage_path={tmp_path / 'ray'}",
+                 f"data.evaluator={parts['evaluator']}", f"data.llm={parts['llm']}",
+                 f"data.visual_encoder={parts['clip']}", f"data.generator={parts['sd']}", "train.steps=2"]
+    summary = run_table5_ablation("tiny", overrides, uri, arms=["full", "no_cfg"], say=lambda _: None)
+    client = MlflowClient(uri)
+    children = client.search_runs([client.get_experiment_by_name("genops-minigpt5").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
+    assert len(children) == 2
+    no_cfg = next(r for r in children if r.info.run_id == summary.rows[1]["run_id"])
+    assert no_cfg.data.params["model.cfg_dropout"] == "0.0"
+    table = client.download_artifacts(summary.parent_run_id, "table5.md")
+    text = open(table).read()
+    assert "| full |" in text and "| no_cfg |" in text and "clip_i" in text

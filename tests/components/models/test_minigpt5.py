@@ -16,6 +16,9 @@ from components.models.minigpt5 import (
 )
 from tests.minigpt5_parts import build_base_folders
 
+# the session's tiny_data world (built once per session) dominates this file's time when it runs alone
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def parts(tiny_data, tmp_path_factory):
