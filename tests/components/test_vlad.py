@@ -118,7 +118,7 @@ def test_model_with_no_local_units_gives_finite_losses(tokenizer):
 def test_tlg_predicts_at_latent_size_and_overfits(tokenizer):
     torch.manual_seed(0)
     model = VLAD.from_config(tiny_config(), tokenizer)
-    latents, pixels, prompts, layout = batch(4)
+    latents, _, prompts, layout = batch(4)
     cond = model.condition(prompts)
     assert model.predict_layout(cond).shape == (4, 3, *latents.shape[-2:])
     params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("unet.")]
@@ -168,7 +168,7 @@ def test_without_ccm_local_units_do_not_reach_the_vfe(tokenizer):
 
 def test_parser_is_exact_on_the_synthetic_prompts():
     rng = random.Random(1)
-    objects = lambda units: Counter(tuple(o.split()[-2:]) for o in units.objects)  # noqa: E731
+    objects = lambda units: Counter(tuple(o.split()[-2:]) for o in units.objects)
     for _ in range(100):
         layout = sample_layout(rng, 128)
         units = decompose_prompt(textrich_caption(layout, rng))

@@ -1,0 +1,157 @@
+"""VLAD's evaluation (Tables I-II): generate for MARIO-Eval-format prompts, score OCR / CLIP / FID, tabulate.
+
+    python -m training_jobs.vlad_evaluation --row VLAD=vlad:models:/genops-vlad/latest \
+        --row SD=sd:models:/genops-sd-base/latest --prompts 48
+
+Every row's images come from the same held-out prompts (`data/prepared/mario_eval/prompts.jsonl`), the
+same seed and sampler settings. Metrics: MARIO-Eval OCR accuracy / precision / recall / F-measure (F from
+mean P and mean R, `components.metrics.ocr`), CLIP score with the evaluator CLIP (never VLAD's own LVLM),
+and FID in the evaluator's image-embedding space against the prompts' ground-truth images. The ceiling
+row is the ground-truth images themselves through the same OCR (at their native size, and resized to the
+generators' resolution, which is what a perfect generator at that size could reach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from components.metrics.clip_score import ClipEmbedder, clip_scores
+from components.metrics.fid import ClipImageExtractor, compute_statistics, fid_from_statistics
+from components.metrics.ocr import OcrEngine, ocr_metrics
+from components.models.autoencoder import load_autoencoder, pixels_to_images
+from training_jobs.model_inputs import resolve_model_path
+
+COLUMNS = ("fid", "clip_score", "ocr_accuracy", "ocr_precision", "ocr_recall", "ocr_f_measure")
+
+
+@dataclass
+class EvalPrompt:
+    prompt: str
+    image: Path  # the ground-truth image
+
+
+def load_eval_prompts(prepared_root: str | Path, count: int) -> list[EvalPrompt]:
+    """The first `count` MARIO-Eval-format prompts that quote words and have a ground-truth image."""
+    path = Path(prepared_root) / "mario_eval" / "prompts.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: prepare the mario_eval dataset (genops data prepare)")
+    out = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        image = Path((record.get("extra") or {}).get("image", ""))
+        if record.get("quoted_words") and image.is_file():
+            out.append(EvalPrompt(record["prompt"], image))
+        if len(out) == count:
+            break
+    if not out:
+        raise ValueError(f"{path} has no prompt with quoted words and a ground-truth image")
+    return out
+
+
+@torch.no_grad()
+def generate(kind: str, model_dir: Path, prompts: Sequence[str], steps: int, guidance_scale: float, seed: int,
+             batch_size: int = 16) -> tuple[list[Image.Image], list]:
+    """Images (and VLAD's layouts) for `prompts` from a vlad or sd_base folder, in batches, one seed."""
+    if kind == "vlad":
+        from components.models.vlad import VLAD
+
+        model = VLAD.from_pretrained(model_dir).eval()
+    elif kind == "sd":
+        from components.models.sd_base import SDBase
+
+        model = SDBase.from_pretrained(model_dir).eval()
+    else:
+        raise ValueError(f"model kind must be 'vlad' or 'sd', got {kind!r}")
+    vae = load_autoencoder(model_dir / "vae").eval()
+    images, layouts = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        generator = torch.Generator().manual_seed(seed + start)
+        out = model.generate(chunk, vae, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator)
+        pixels, layout = out if kind == "vlad" else (out, None)
+        images.extend(pixels_to_images(pixels))
+        layouts.extend(list(layout) if layout is not None else [None] * len(chunk))
+    return images, layouts
+
+
+def score(images: Sequence, prompts: Sequence[str], references: Sequence, embedder: ClipEmbedder,
+          extractor: ClipImageExtractor, ocr: OcrEngine) -> dict[str, float]:
+    """OCR (MARIO-Eval rules), CLIP score and FID against `references` for one row."""
+    reading = ocr_metrics(ocr, images, prompts)
+    clip = clip_scores(embedder, images, prompts)
+    fid = fid_from_statistics(compute_statistics(images, extractor), compute_statistics(references, extractor))
+    return {"fid": fid.value, "clip_score": clip.clip_score, "ocr_accuracy": reading.accuracy,
+            "ocr_precision": reading.precision, "ocr_recall": reading.recall, "ocr_f_measure": reading.f_measure}
+
+
+def markdown_table(rows: dict[str, dict[str, float]], title: str) -> str:
+    lines = [f"### {title}", "", "| row | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.4f}" if c in metrics else "-" for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_rows(rows: dict[str, tuple[str, str]], prepared_root: str | Path, evaluator: str, tracking_uri: str | None,
+                  count: int, steps: int, guidance_scale: float, seed: int = 0, ceiling: bool = True,
+                  progress=print) -> dict[str, dict[str, float]]:
+    """Metrics of every row {name: (kind, model reference)} on the same prompts, plus the ground-truth ceiling rows."""
+    prompts = load_eval_prompts(prepared_root, count)
+    texts = [p.prompt for p in prompts]
+    references = [Image.open(p.image).convert("RGB") for p in prompts]
+    evaluator_dir = resolve_model_path(evaluator, tracking_uri)
+    embedder, extractor = ClipEmbedder(evaluator_dir), ClipImageExtractor(evaluator_dir)
+    ocr = OcrEngine()
+    results: dict[str, dict[str, float]] = {}
+    size = None
+    for name, (kind, reference) in rows.items():
+        progress(f"[vlad eval] {name}: generating {len(texts)} images")
+        images, _ = generate(kind, resolve_model_path(reference, tracking_uri), texts, steps, guidance_scale, seed)
+        size = images[0].size
+        results[name] = score(images, texts, references, embedder, extractor, ocr)
+        progress(f"[vlad eval] {name}: {json.dumps({k: round(v, 4) for k, v in results[name].items()})}")
+    if ceiling:
+        results["ground truth (ceiling)"] = score(references, texts, references, embedder, extractor, ocr)
+        if size is not None:
+            small = [r.resize(size, Image.Resampling.LANCZOS) for r in references]
+            results[f"ground truth at {size[0]} px"] = score(small, texts, references, embedder, extractor, ocr)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from training_jobs.launcher import default_tracking_uri, project_root
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--row", action="append", required=True, help="NAME=KIND:MODEL (KIND vlad or sd)")
+    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--evaluator", default="models:/genops-clip-evaluator/latest")
+    parser.add_argument("--title", default="VLAD Table I (demo scale)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/vlad/table.md"))
+    args = parser.parse_args(argv)
+    rows = {}
+    for spec in args.row:
+        name, _, rest = spec.partition("=")
+        kind, _, reference = rest.partition(":")
+        if not name or kind not in ("vlad", "sd") or not reference:
+            raise SystemExit(f"--row {spec!r}: expected NAME=vlad:MODEL or NAME=sd:MODEL")
+        rows[name] = (kind, reference)
+    root = project_root()
+    results = evaluate_rows(rows, root / "data" / "prepared", args.evaluator, default_tracking_uri(root), args.prompts,
+                            args.steps, args.guidance_scale)
+    table = markdown_table(results, args.title)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+    print(table)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
