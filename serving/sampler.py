@@ -167,6 +167,7 @@ class Sampler:
         self.tokenizer = tokenizer
         self.noise_scheduler = noise_scheduler
         self.spec = spec
+        self._negative_cache: dict[str, torch.Tensor] = {}
 
     def initial_noise(self, count: int, seed: int, side: int | None = None) -> torch.Tensor:
         """(count, C, h, w) standard normal noise of one seed: a request's noise does not depend on its batch."""
@@ -177,6 +178,14 @@ class Sampler:
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
         ids, mask = tokenize_captions(self.tokenizer, list(prompts), self.spec.max_length)
         return self.backend.encode_text(ids, mask)
+
+    def encode_negative(self, prompt: str) -> torch.Tensor:
+        """(1, L, D) conditioning of a negative prompt, cached: almost every request uses the empty one."""
+        if prompt not in self._negative_cache:
+            if len(self._negative_cache) >= 64:
+                self._negative_cache.pop(next(iter(self._negative_cache)))
+            self._negative_cache[prompt] = self.encode([prompt])
+        return self._negative_cache[prompt]
 
     def token_count(self, prompt: str) -> int:
         """Tokens a prompt takes with <bos>/<eos> (the service refuses prompts over `spec.max_length`)."""
@@ -198,7 +207,10 @@ class Sampler:
         uncond = None
         if guidance_scale > 1.0:
             negative = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
-            uncond = self.encode(negative if len(set(negative)) > 1 else negative[:1])  # (B or 1, L, D)
+            if len(set(negative)) == 1:
+                uncond = self.encode_negative(negative[0])  # (1, L, D)
+            else:
+                uncond = torch.cat([self.encode_negative(n) for n in negative])  # (B, L, D)
         latents = sample(self.backend.denoise, make_sampling_scheduler(self.noise_scheduler, self.spec.sampler),
                          cond, uncond, latent_shape=tuple(noise.shape[1:]), num_inference_steps=steps,
                          guidance_scale=guidance_scale, latents=noise)
