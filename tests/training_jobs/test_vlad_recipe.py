@@ -1,6 +1,5 @@
 """The VLAD recipe through the real launcher (Ray Train local mode, MLflow on SQLite) for a few steps."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,12 @@ from components.config import load_config
 from components.data.formats import read_corpus
 from components.data.pipeline_config import DataConfig
 from components.data.prepare import prepare_dataset, validate_corpus
-from components.models.autoencoder import AutoencoderConfig, build_autoencoder, load_autoencoder, save_autoencoder
+from components.models.autoencoder import (
+    AutoencoderConfig,
+    build_autoencoder,
+    load_autoencoder,
+    save_autoencoder,
+)
 from components.models.clip_base import ClipBase, ClipBaseConfig
 from components.models.vlad import VLAD, WEIGHTS_FILE
 from training_jobs.launcher import CONFIG_ROOT, launch, resolve_config
@@ -67,3 +71,15 @@ def test_launcher_trains_vlad_and_exports(vlad_inputs, tmp_path, switch):
     assert (layout is None) == bool(switch)
     if layout is not None:
         assert layout.shape == (1, 3, 8, 8)
+        from PIL import Image
+        from typer.testing import CliRunner
+
+        from orchestration.cli import app
+
+        out = tmp_path / "x.png"
+        cli = CliRunner().invoke(app, ["sample", "vlad", "--prompt", "a storefront sign that says 'OPEN'",
+                                       "--weights", str(result.model_dir), "--steps", "2", "--out", str(out)])
+        assert cli.exit_code == 0, cli.output
+        assert "words ['OPEN']" in cli.output
+        assert Image.open(out).size == (32, 32)
+        assert Image.open(tmp_path / "x.layout.png").size == (32, 32)
