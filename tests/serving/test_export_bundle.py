@@ -167,3 +167,16 @@ def test_generate_writes_a_png_from_the_bundle(bundle, tmp_path):
     assert "onnx backend on cpu" in result.output
     assert Image.open(out).size == (32, 16)  # two 16 px images in a row
     assert json.loads((bundle / "sampler.json").read_text())["allowed_sides"] == [16, 32]
+
+
+def test_a_request_draws_the_same_image_alone_or_batched(bundle):
+    """The service batches requests with different prompts, negatives and seeds: each row must be what it
+    would be alone (per-row noise and negatives; ONNX Runtime runs the rows independently, so bit for bit)."""
+    from serving.sampler import load_sampler
+
+    sampler = load_sampler(bundle, "onnx", "cpu")
+    noise = torch.cat([sampler.initial_noise(1, 11), sampler.initial_noise(1, 12)])
+    batched = sampler.pixels(["a red circle", "a blue square"], negative_prompts=["", "green"], noise=noise, steps=3)
+    alone = [sampler.pixels([p], negative_prompts=[n], noise=noise[i:i + 1], steps=3)
+             for i, (p, n) in enumerate([("a red circle", ""), ("a blue square", "green")])]
+    torch.testing.assert_close(batched, torch.cat(alone), atol=0, rtol=0)
