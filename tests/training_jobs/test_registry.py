@@ -148,7 +148,7 @@ def test_two_racing_promotions_leave_exactly_one_champion_and_a_serial_history(r
 
 
 def test_status_shows_champion_metrics_and_lineage(registry):
-    uri, client, make, model, policy = registry
+    uri, _, make, model, policy = registry
     v1 = make({"clip_score": 0.30, "faithfulness_object": 0.5})
     promote(uri, policy, v1)
     (row,) = status(uri, [model])
