@@ -21,6 +21,7 @@ import torch
 
 from components.data.training_data import decode_image, pair_decoder
 from components.metrics.clip_score import ClipEmbedder, clip_scores
+from components.metrics.fid import ClipImageExtractor, compute_statistics, fid_from_statistics
 from components.metrics.narration import SentenceBertScorer, Turn, narration_metrics
 from components.models.autoencoder import encode_latents, pixels_to_images
 from components.models.minigpt5 import IMAGE_SLOT, MiniGPT5, story_task
@@ -90,7 +91,7 @@ def held_out_stories(prepared_root: Path, datasets: list[str], image_size: int, 
 
 @torch.no_grad()
 def pair_image_metrics(model: MiniGPT5, pairs: list[dict], evaluator: ClipEmbedder, seed: int = 0,
-                       batch_size: int = 16) -> dict[str, float]:
+                       batch_size: int = 16, fid_extractor: ClipImageExtractor | None = None) -> dict[str, float]:
     """Table 5's CLIP-I and CLIP-T of images drawn from the captions' vokens, the ceiling (the real images
     through the same metric) and the floor (images from the zero-voken conditioning alone)."""
     captions = [p["caption"] for p in pairs]
@@ -106,8 +107,13 @@ def pair_image_metrics(model: MiniGPT5, pairs: list[dict], evaluator: ClipEmbedd
     ours = clip_scores(evaluator, drawn, captions, reference_images=real, prefix="")
     low = clip_scores(evaluator, floor, captions, reference_images=real, prefix="")
     ceiling = clip_scores(evaluator, real, captions, prefix="")
-    return {"eval/clip_i": ours.clip_i, "eval/clip_t": ours.clip_t, "eval/floor_clip_i": low.clip_i,
-            "eval/floor_clip_t": low.clip_t, "eval/ceiling_clip_t": ceiling.clip_t, "eval/pairs": len(pairs)}
+    metrics = {"eval/clip_i": ours.clip_i, "eval/clip_t": ours.clip_t, "eval/floor_clip_i": low.clip_i,
+               "eval/floor_clip_t": low.clip_t, "eval/ceiling_clip_t": ceiling.clip_t, "eval/pairs": len(pairs)}
+    if fid_extractor is not None:  # FID in the evaluator CLIP's image space (few images: a biased, noisy estimate)
+        reference = compute_statistics(real, fid_extractor)
+        metrics["eval/fid_clip"] = fid_from_statistics(compute_statistics(drawn, fid_extractor), reference).value
+        metrics["eval/floor_fid_clip"] = fid_from_statistics(compute_statistics(floor, fid_extractor), reference).value
+    return metrics
 
 
 def _last_step_prompt(story: dict, context: str, max_context: int, with_text: bool) -> tuple[str, list]:

@@ -33,6 +33,7 @@ def test_stage1_registers_and_measures_held_out_pairs(stages):
     assert (stage1.registered_model, stage1.registered_version) == ("genops-minigpt5-stage1", "1")
     m = stage1.metrics
     assert -1 <= m["eval/clip_i"] <= 1 and -1 <= m["eval/clip_t"] <= 1 and m["eval/pairs"] == 2
+    assert m["eval/fid_clip"] >= 0 and m["eval/floor_fid_clip"] >= 0
     # the paper's trainable groups plus the pooler, logged as counts
     model = MiniGPT5.from_pretrained(stage1.model_dir)
     assert model.stage == 1

@@ -22,6 +22,7 @@ import torch
 from components.config import from_dict
 from components.data.training_data import collate_pairs, pair_decoder
 from components.metrics.clip_score import ClipEmbedder
+from components.metrics.fid import ClipImageExtractor
 from components.models.autoencoder import encode_latents
 from components.models.minigpt5 import IMAGE_SLOT, MiniGPT5, MiniGPT5Config, voken_string
 from training_jobs.data_loading import encoded_batch_stream, shard_paths
@@ -111,10 +112,11 @@ def log_parameter_groups(ctx, groups: dict[str, int]) -> None:
 def evaluate_pairs(module: MiniGPT5, cfg, uri: str | None, device) -> dict[str, float]:
     if not cfg.data.evaluator:
         return {}
-    evaluator = ClipEmbedder(resolve_model_path(cfg.data.evaluator, uri), device=device)
+    path = resolve_model_path(cfg.data.evaluator, uri)
+    evaluator = ClipEmbedder(path, device=device)
     pairs = held_out_pairs(Path(cfg.data.prepared_root), module.vae.config.sample_size, cfg.data.eval_pairs,
                            cfg.data.eval_split)
-    return pair_image_metrics(module, pairs, evaluator, seed=0)
+    return pair_image_metrics(module, pairs, evaluator, seed=0, fid_extractor=ClipImageExtractor(path, device=device))
 
 
 def train(config: dict) -> None:
