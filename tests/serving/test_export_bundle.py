@@ -171,7 +171,8 @@ def test_generate_writes_a_png_from_the_bundle(bundle, tmp_path):
 
 def test_a_request_draws_the_same_image_alone_or_batched(bundle):
     """The service batches requests with different prompts, negatives and seeds: each row must be what it
-    would be alone (per-row noise and negatives; ONNX Runtime runs the rows independently, so bit for bit)."""
+    would be alone (per-row noise and negatives). Bit for bit here; 1e-6 (~8 fp32 ulp at |x| <= 1) leaves room for a
+    GEMM that blocks rows differently at another batch size."""
     from serving.sampler import load_sampler
 
     sampler = load_sampler(bundle, "onnx", "cpu")
@@ -179,4 +180,4 @@ def test_a_request_draws_the_same_image_alone_or_batched(bundle):
     batched = sampler.pixels(["a red circle", "a blue square"], negative_prompts=["", "green"], noise=noise, steps=3)
     alone = [sampler.pixels([p], negative_prompts=[n], noise=noise[i:i + 1], steps=3)
              for i, (p, n) in enumerate([("a red circle", ""), ("a blue square", "green")])]
-    torch.testing.assert_close(batched, torch.cat(alone), atol=0, rtol=0)
+    torch.testing.assert_close(batched, torch.cat(alone), atol=1e-6, rtol=0)
