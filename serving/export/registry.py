@@ -30,7 +30,7 @@ def resolve_version(client, name: str, alias: str | None, version: int | None):
             raise RegistryError(f"model {name!r} has no registered version; train it first") from exc
         raise RegistryError(
             f"--alias {alias}: model {name!r} has no alias {alias!r} (versions: {versions}); pass --version N, or "
-            f"promote a version to {alias!r} first") from exc
+            f"promote a version first (genops registry promote {name} <version>)") from exc
 
 
 def lineage_of(client, mv) -> dict[str, Any]:
