@@ -12,13 +12,19 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration.freshness import recipe_code_version
 from orchestration.resources import DvcResource, MlflowResource, RayResource, TrainingResource
 from training_jobs.launcher import LaunchResult, launch, recipe_module, resolve_config
 from training_jobs.lineage import dataset_versions
+from training_jobs.run_identity import training_run_name
 
 GROUP = "base_models"
 # The text corpora llm_base reads (its recipe's default data.datasets; a test keeps the two equal).
 LLM_CORPORA = ("laion_short", "cc3m", "paraimage_big", "paraimage_small", "vist", "mmdialog")
+# A crashed worker, a busy store: retry the step; the job resumes from its last checkpoint (same run name).
+TRAINING_RETRY = dg.RetryPolicy(max_retries=1, delay=5)
+# The profile the code versions are computed for: the one local_resources() trains with.
+PROFILE = os.environ.get("GENOPS_PROFILE", "demo")
 
 
 class RecipeRunConfig(dg.Config):
@@ -51,7 +57,8 @@ def _launch(
         overrides.append(f"run.storage_path={training.storage_path}")
     cfg = resolve_config(recipe, training.profile, overrides)
     versions = dataset_versions(root, recipe_module(recipe).datasets(cfg))
-    run_name = f"{recipe}-{training.profile}-{context.run.run_id[:8]}"
+    # Keyed on what the training is (config + data versions): a retried Dagster run resumes the Ray job.
+    run_name = training_run_name(recipe, training.profile, cfg, versions, mlflow.tracking_uri)
     return launch(recipe, training.profile, overrides, run_name=run_name, tracking_uri=mlflow.tracking_uri,
                   versions=versions, progress=context.log.info)
 
@@ -82,7 +89,8 @@ def _upstream_model(context: dg.AssetExecutionContext, key: str) -> str:
     return uri or meta["model_dir"].value
 
 
-@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"}, deps=["prepared_laion_short", "prepared_paraimage_big",
+@dg.asset(group_name=GROUP, code_version=recipe_code_version("vae", PROFILE), retry_policy=TRAINING_RETRY,
+          kinds={"ray", "mlflow"}, deps=["prepared_laion_short", "prepared_paraimage_big",
                                                            "prepared_paraimage_small", "prepared_cc3m"],
           description="Shared latent autoencoder (AutoencoderKL): reconstruction + KL, scaling factor from data.")
 def vae(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcResource, mlflow: MlflowResource,
@@ -91,7 +99,8 @@ def vae(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcReso
     return _result(result)
 
 
-@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"}, deps=["prepared_laion_short", "prepared_cc3m", "tokenizer"],
+@dg.asset(group_name=GROUP, code_version=recipe_code_version("clip_evaluator", PROFILE), retry_policy=TRAINING_RETRY,
+          kinds={"ray", "mlflow"}, deps=["prepared_laion_short", "prepared_cc3m", "tokenizer"],
           description="Evaluator CLIP trained contrastively on the held-out split (metrics only).")
 def clip_evaluator(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcResource,
                    mlflow: MlflowResource, ray: RayResource, training: TrainingResource) -> dg.MaterializeResult:
@@ -100,7 +109,8 @@ def clip_evaluator(context: dg.AssetExecutionContext, config: RecipeRunConfig, d
     return _result(result)
 
 
-@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"}, deps=[vae, "prepared_laion_short", "tokenizer"],
+@dg.asset(group_name=GROUP, code_version=recipe_code_version("sd_base", PROFILE), retry_policy=TRAINING_RETRY,
+          kinds={"ray", "mlflow"}, deps=[vae, "prepared_laion_short", "tokenizer"],
           description="SD-style text-to-image base (CLIP text encoder + UNet) in the VAE's latent space.")
 def sd_base(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcResource, mlflow: MlflowResource,
             ray: RayResource, training: TrainingResource) -> dg.MaterializeResult:
@@ -109,7 +119,8 @@ def sd_base(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: Dvc
     return _result(result)
 
 
-@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"},
+@dg.asset(group_name=GROUP, code_version=recipe_code_version("llm_base", PROFILE), retry_policy=TRAINING_RETRY,
+          kinds={"ray", "mlflow"},
           deps=[*(f"prepared_{name}" for name in LLM_CORPORA), "tokenizer"],
           description="Llama-architecture causal LM on all of the world's text (ParaDiffusion's encoder, MiniGPT-5's LLM).")
 def llm_base(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcResource, mlflow: MlflowResource,
@@ -119,7 +130,8 @@ def llm_base(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: Dv
     return _result(result)
 
 
-@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"}, deps=["prepared_laion_short", "prepared_cc3m", "tokenizer"],
+@dg.asset(group_name=GROUP, code_version=recipe_code_version("clip_base", PROFILE), retry_policy=TRAINING_RETRY,
+          kinds={"ray", "mlflow"}, deps=["prepared_laion_short", "prepared_cc3m", "tokenizer"],
           description="Base CLIP dual encoder on the train split (VLAD's LVLM, MiniGPT-5's visual encoder); not the evaluator.")
 def clip_base(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcResource, mlflow: MlflowResource,
               ray: RayResource, training: TrainingResource) -> dg.MaterializeResult:
