@@ -67,6 +67,7 @@ def _policy(folder: Path, floor: float) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_failing_gate_blocks_the_promotion_and_tags_the_reason(tiny_data, registered):
     """Runs first (file order): v1 is not yet a champion here."""
     uri, client, root, version, _ = registered
@@ -79,6 +80,7 @@ def test_a_failing_gate_blocks_the_promotion_and_tags_the_reason(tiny_data, regi
     assert read_history(client, "genops-sd-base")[-1]["action"] == "rejected"
 
 
+@pytest.mark.slow
 def test_evaluation_logs_to_the_version_run_and_a_passing_candidate_becomes_champion(tiny_data, registered):
     uri, client, root, version, run_id = registered
     result, _ = _materialize(tiny_data, uri, root, _policy(Path(tempfile.mkdtemp()), -1.0))
