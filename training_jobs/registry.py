@@ -117,7 +117,7 @@ def load_policy(path: str | Path) -> PromotionPolicy:
         raise FileNotFoundError(f"promotion policy {path} does not exist (one YAML per model in mlflow/policies/)")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a policy is a mapping, got {type(raw).__name__}")
+        raise TypeError(f"{path}: a policy is a mapping, got {type(raw).__name__}")
     known = {"model", "primary_metric", "direction", "min_improvement", "gates"}
     unknown = set(raw) - known
     if unknown:
@@ -159,7 +159,7 @@ class Decision:
     model: str
     version: str
     action: str
-    """promoted | rejected | rolled-back"""
+    """promoted | rejected | rolled-back | unchanged (the candidate already is the champion)"""
     reason: str
     champion_before: str | None
     champion_after: str | None
@@ -324,8 +324,8 @@ def promote(
     with promotion_lock(tracking_uri, model):
         while True:
             champion = _alias_version(client, model, CHAMPION)
-            if champion == version:
-                decision = Decision(model, version, "rejected", f"v{version} is already the champion",
+            if champion == version:  # re-evaluated champion: nothing to decide, its promotion tags stay
+                decision = Decision(model, version, "unchanged", f"v{version} is already the champion",
                                     champion, champion, metrics, time.time())
                 break
             champion_metrics = evaluation_metrics(client, model, champion) if champion else None
@@ -342,7 +342,8 @@ def promote(
             decision = Decision(model, version, "promoted" if ok else "rejected", reason, champion,
                                 version if ok else champion, metrics, time.time())
             break
-        _tag_decision(client, decision)
+        if decision.action != "unchanged":
+            _tag_decision(client, decision)
         _append_history(client, decision)
     log.info("%s v%s %s: %s", model, version, decision.action, decision.reason)
     return decision

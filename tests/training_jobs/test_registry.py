@@ -71,6 +71,10 @@ def test_first_candidate_becomes_champion_and_a_better_one_replaces_it(registry)
     assert _aliases(client, model) == {CHAMPION: v2, PREVIOUS: v1}
     assert client.get_model_version(model, v2).tags[TAG_DECISION] == "promoted"
     assert [row["version"] for row in read_history(client, model)] == [v1, v2]
+    # Re-evaluating the champion (a re-run of the evaluation) changes nothing, not even its tags.
+    assert promote(uri, policy, v2).action == "unchanged"
+    assert _aliases(client, model) == {CHAMPION: v2, PREVIOUS: v1}
+    assert client.get_model_version(model, v2).tags[TAG_DECISION] == "promoted"
 
 
 def test_a_worse_or_barely_better_candidate_is_rejected_with_the_reason(registry):
