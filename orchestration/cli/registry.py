@@ -24,7 +24,8 @@ def status(models: list[str] | None = typer.Argument(None, help="Registered mode
     """Each model's champion, its evaluation metrics and lineage (run, dataset versions, git commit)."""
     from mlflow.exceptions import MlflowException
 
-    from training_jobs.registry import render_status, status as registry_status
+    from training_jobs.registry import render_status
+    from training_jobs.registry import status as registry_status
 
     try:
         typer.echo(render_status(registry_status(_uri(), models or None)), nl=False)
@@ -41,7 +42,8 @@ def promote(
     """Apply the model's promotion policy to an evaluated version: champion if it passes and is better."""
     from mlflow.exceptions import MlflowException
 
-    from training_jobs.registry import load_policy, policy_path, promote as registry_promote
+    from training_jobs.registry import load_policy, policy_path
+    from training_jobs.registry import promote as registry_promote
 
     try:
         decision = registry_promote(_uri(), load_policy(policy or policy_path(model)), version)
