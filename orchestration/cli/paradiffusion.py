@@ -108,3 +108,32 @@ def draw_paragraph_images(path: Path, prompts: list[str], out: Path, steps: int,
     atomic_write_bytes(out, buffer.getvalue())
     typer.echo(f"wrote {out} ({len(prompts)} image(s), {image.size[0]}x{image.size[1]}; text tokens read "
                f"{', '.join(map(str, tokens))} of max {model.cfg.max_tokens}) from {path}")
+
+
+@app.command("compare")
+def compare(
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the Base stage-2 job it trains"),
+    profile: str = typer.Option("demo", help="Config profile of the Base stage-2 job."),
+    prompts: int = typer.Option(48, help="Held-out paraimage_big paragraphs to sample (those with a scene are kept)."),
+    base_model: str | None = typer.Option(None, help="Stage 2 without LoRA (folder or registry URI); default: train it now."),
+    sd_base_model: str = typer.Option("models:/genops-sd-base/latest", help="The SD-style baseline for Figure 21."),
+) -> None:
+    """Tables 10 and 6 and Figure 21 at demo scale: paired samples, per-prompt faithfulness, bootstrap CIs."""
+    from training_jobs.launcher import TrainingFailed, default_tracking_uri, launch, project_root
+    from training_jobs.paradiffusion_comparison import run_comparisons
+
+    root = project_root()
+    uri = default_tracking_uri(root)
+    stages = {f"stage {n}": f"models:/genops-paradiffusion-stage{n}/latest" for n in (1, 2, 3)}
+    try:
+        if base_model is None:
+            typer.echo("training Table 6's Base: stage 2 with model.rank=0 (same init, data, steps, seeds)")
+            result = launch("paradiffusion_stage2", profile, [*(overrides or []), "model.rank=0", "tracking.registered_model="],
+                            run_name=None, progress=typer.echo)
+            base_model = str(result.model_dir)
+        markdown, _, run_id = run_comparisons(stages, sd_base_model, base_model, uri, root / "data" / "prepared",
+                                              prompts=prompts, say=typer.echo)
+    except (TrainingFailed, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo("\n" + markdown)
+    typer.echo(f"logged to MLflow run {run_id} (comparisons/tables.md, .csv, .json)")
