@@ -84,6 +84,29 @@ def small_clip(folder: Path) -> Path:
     return folder
 
 
+def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
+    """The machine's measured fp32 matmul throughput (best of `repeats` size x size products) at the
+    thread count torch uses here: the ceiling the GFLOP/s column is compared against."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def flops_per_image(run: Callable[[], object], count: int) -> float:
+    """Floating-point operations per image of `run` over `count` images, counted by torch's
+    FlopCounterMode (matmuls and convolutions: the work a matmul peak bounds)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops() / count
+
+
 def timed(run: Callable[[], object], count: int) -> tuple[float, float]:
     """(seconds, images per second) of one call of `run` over `count` images."""
     start = time.perf_counter()
@@ -112,12 +135,16 @@ def main() -> None:
     warm = textrich[:2]
 
     rows: list[tuple[str, str, int, float, float]] = []  # (group, setting, images, seconds, img/s)
+    flops: dict[str, float] = {}  # setting -> FLOPs per image (torch rows only)
+    peak = matmul_peak_gflops()
 
     inception = InceptionExtractor()
     compute_statistics(warm, inception, batch_size=2)
+    inception_flops = flops_per_image(lambda: compute_statistics(warm, inception, batch_size=2), len(warm))
     for batch in (1, 16):
         s, ips = timed(lambda b=batch: compute_statistics(textrich[:n], inception, batch_size=b), n)
         rows.append(("FID features", f"Inception-v3 pool3, 299 px, batch {batch}", n, s, ips))
+        flops[rows[-1][1]] = inception_flops
 
     with tempfile.TemporaryDirectory() as tmp:
         clip_dir = small_clip(Path(tmp) / "small-clip")
@@ -125,11 +152,13 @@ def main() -> None:
         compute_statistics(warm, extractor, batch_size=2)
         s, ips = timed(lambda: compute_statistics(textrich[:n], extractor, batch_size=16), n)
         rows.append(("FID features", "CLIP image tower (4x256, 224 px, /32), batch 16", n, s, ips))
+        flops[rows[-1][1]] = flops_per_image(lambda: compute_statistics(warm, extractor, batch_size=2), len(warm))
 
         embedder = ClipEmbedder(clip_dir)
         clip_scores(embedder, warm, prompts[:2])
         s, ips = timed(lambda: clip_scores(embedder, textrich[:n], prompts[:n], batch_size=16), n)
         rows.append(("CLIP score", "image + 2 prompt embeddings, batch 16", n, s, ips))
+        flops[rows[-1][1]] = flops_per_image(lambda: clip_scores(embedder, warm, prompts[:2]), len(warm))
 
     for setting, engine in (
         ("RapidOCR defaults (det upscales to 736 px)", OcrEngine()),
@@ -150,17 +179,27 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, OCR on onnxruntime {providers})\n"
     )
     width = max(len(r[1]) for r in rows)
-    header = f"{'metric':<18} {'setting':<{width}} {'images':>6} {'seconds':>8} {'img/s':>8} {'vs first':>8} {'30k imgs':>11}"
+    print(f"Measured fp32 matmul peak (1024x1024 torch.mm, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s\n")
+    header = (f"{'metric':<18} {'setting':<{width}} {'images':>6} {'seconds':>8} {'img/s':>8} {'vs first':>8} "
+              f"{'30k imgs':>11} {'GFLOP/s':>8} {'of peak':>7}")
     print(header)
     print("-" * len(header))
     first: dict[str, float] = {}
     for group, setting, count, seconds, ips in rows:
         base = first.setdefault(group, ips)
         minutes = 30_000 / ips / 60
+        if setting in flops:
+            achieved = flops[setting] * ips / 1e9
+            compute = f"{achieved:>8.1f} {100 * achieved / peak:>6.0f}%"
+        else:
+            compute = f"{'n/a':>8} {'':>7}"
         print(
             f"{group:<18} {setting:<{width}} {count:>6} {seconds:>8.2f} {ips:>8.2f} {ips / base:>7.2f}x {minutes:>7.0f} min"
+            f" {compute}"
         )
-    print("\n'vs first': throughput relative to the first row of the same metric; '30k imgs': FID-30K scale.")
+    print("\n'vs first': throughput relative to the first row of the same metric; '30k imgs': FID-30K scale;"
+          "\n'GFLOP/s': FLOPs per image (torch FlopCounterMode: matmuls and convolutions) x img/s, 'of peak' against the"
+          "\nmeasured matmul peak above; n/a where the work is not torch (OCR runs in onnxruntime, the detector in numpy).")
 
 
 if __name__ == "__main__":
