@@ -6,6 +6,7 @@ import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import pytest
@@ -137,9 +138,9 @@ def test_new_data_sensor_watches_the_inbox(defs, raw_root, tmp_path_factory, mon
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
-    def do_POST(self):  # noqa: N802 - the http.server API
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append({"content_type": self.headers["Content-Type"], "json": json.loads(body)})
         self.send_response(200)
