@@ -78,7 +78,13 @@ from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
 from components.config import from_dict, to_dict
 from components.data.scene import COLOURS, SHAPES, SIZES
-from components.diffusion import DiffusionConfig, denoising_loss, make_noise_scheduler, make_sampling_scheduler, sample
+from components.diffusion import (
+    DiffusionConfig,
+    denoising_loss,
+    make_noise_scheduler,
+    make_sampling_scheduler,
+    sample,
+)
 from components.fileio import atomic_directory
 from components.models.autoencoder import decode_latents, latent_shape
 from components.models.clip_base import ClipBase, ClipBaseConfig
@@ -326,7 +332,7 @@ def layout_target(
     return torch.cat([coarse, chars]).clamp(0.0, 1.0)  # (3, side, side)
 
 
-def layout_image(z: torch.Tensor, scale: int = 8) -> "np.ndarray":
+def layout_image(z: torch.Tensor, scale: int = 8) -> np.ndarray:
     """A layout latent (3, h, w) in [0, 1] as an RGB uint8 array: words red, objects green, ink white."""
     z = z.detach().float().clamp(0, 1).cpu()
     rgb = torch.stack([z[0] * 0.8 + z[2] * 0.2, z[1] * 0.8 + z[2] * 0.2, z[2]])  # (3, h, w)
@@ -492,7 +498,10 @@ class VLAD(nn.Module):
         """Pooled embeddings (N, P), projected token states (N, L, P) and attention mask (N, L) of texts."""
         clip = self.lvlm.model
         input_ids, attention_mask = tokenize_captions(self.tokenizer, texts, self.lvlm.max_length)
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        # CLIP's text tower is causal: positions after the longest text's <eos> change nothing before it, so
+        # they are cut (local units are a few tokens; padding them to the full context cost 4x the compute)
+        keep = int(attention_mask.sum(dim=1).max()) if len(texts) else 1
+        input_ids, attention_mask = input_ids[:, :keep].to(self.device), attention_mask[:, :keep].to(self.device)
         hidden = clip.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, H)
         eos = (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)  # (N,)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos]  # (N, H)
@@ -508,12 +517,12 @@ class VLAD(nn.Module):
             token_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
             return Conditioning(t_g, tokens, token_mask, units)
         local_texts = [u.text for unit in units for u in unit.local]
-        pooled, states, mask = self._text_tokens(list(prompts) + local_texts)
-        t_g, states, mask = pooled[:batch], states[:batch], mask[:batch]  # (B, P), (B, L, P), (B, L)
+        t_g, states, mask = self._text_tokens(list(prompts))  # (B, P), (B, L, P), (B, L)
+        pooled = self._text_tokens(local_texts)[0] if local_texts else t_g.new_zeros(0, t_g.shape[-1])  # (sum M_i, P)
         m = self.cfg.max_local_units
-        t_local = pooled.new_zeros(batch, m, pooled.shape[-1])  # (B, M, P)
-        local_mask = torch.zeros(batch, m, dtype=torch.bool, device=pooled.device)  # (B, M)
-        cursor = batch
+        t_local = t_g.new_zeros(batch, m, t_g.shape[-1])  # (B, M, P)
+        local_mask = torch.zeros(batch, m, dtype=torch.bool, device=t_g.device)  # (B, M)
+        cursor = 0
         for row, unit in enumerate(units):
             count = len(unit.local)
             t_local[row, :count] = pooled[cursor : cursor + count]
