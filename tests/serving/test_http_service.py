@@ -102,7 +102,7 @@ def test_an_oversized_body_gets_413(service):
 
 def test_a_burst_beyond_the_queue_is_shed_with_429_and_counted(service):
     """12 concurrent requests against max_batch 2 + queue 2: the overflow gets 429 + Retry-After, the rest
-    PNGs; nothing else (no 5xx, no timeouts); requests that arrive together share a batch."""
+    PNGs; nothing else (no 5xx, no timeouts); requests that wait together share a batch."""
     before = {s: counter(service, "genops_requests_total", s) for s in ("200", "429")}
     batches_before = counter(service, "genops_batch_images_count")
     images_before = counter(service, "genops_images_generated_total")
@@ -111,7 +111,9 @@ def test_a_burst_beyond_the_queue_is_shed_with_429_and_counted(service):
     statuses = [r.status for r in replies]
     assert set(statuses) <= {200, 429}, statuses
     shed = [r for r in replies if r.status == 429]
-    assert shed and statuses.count(200) >= 3, statuses
+    # the queue's capacity (2) is always admitted; when the whole burst lands inside the batching window the
+    # queue is full before the worker takes anything, so that may be all (seen on a loaded machine)
+    assert shed and statuses.count(200) >= 2, statuses
     assert all(int(r.headers["retry-after"]) >= 1 for r in shed)
     assert counter(service, "genops_requests_total", "429") == before["429"] + len(shed)
     assert counter(service, "genops_requests_total", "200") == before["200"] + statuses.count(200)
