@@ -30,7 +30,12 @@ import torch
 
 from components.data.training_data import collate_pairs, pair_decoder
 from components.metrics.faithfulness import text_faithfulness
-from components.models.autoencoder import load_autoencoder, pixels_to_images, roundtrip_images, scene_named_objects
+from components.models.autoencoder import (
+    load_autoencoder,
+    pixels_to_images,
+    roundtrip_images,
+    scene_named_objects,
+)
 from components.models.paradiffusion import ParaDiffusion
 from components.models.sd_base import SDBase
 from training_jobs.data_loading import first_samples, shard_paths
