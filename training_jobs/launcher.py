@@ -41,6 +41,12 @@ RECIPES: dict[str, str] = {
     "sd_base": "training_jobs.recipes.sd_base",
     "llm_base": "training_jobs.recipes.llm_base",
     "clip_base": "training_jobs.recipes.clip_base",
+    "minigpt5_stage1": "training_jobs.recipes.minigpt5_stage1",
+    "minigpt5_stage2": "training_jobs.recipes.minigpt5_stage2",
+    "vlad": "training_jobs.recipes.vlad",
+    "paradiffusion_stage1": "training_jobs.recipes.paradiffusion_stage1",
+    "paradiffusion_stage2": "training_jobs.recipes.paradiffusion_stage2",
+    "paradiffusion_stage3": "training_jobs.recipes.paradiffusion_stage3",
 }
 
 

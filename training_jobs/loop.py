@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -188,9 +191,21 @@ class TrainState:
         ema: ExponentialMovingAverage | None,
         extra: Mapping[str, nn.Module | torch.optim.Optimizer] | None = None,
     ) -> None:
-        """`extra`: further modules (saved as `<name>.safetensors`) and optimizers (in state.pt) by name."""
+        """`extra`: further modules (saved as `<name>.safetensors`) and optimizers (in state.pt) by name.
+
+        A write that fails (a full disk, a file-size limit) removes the folder and raises naming it, so no
+        half-written checkpoint is ever left for a resume to load."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        try:
+            TrainState._write(path, step, model, optimizer, scheduler, ema, extra)
+        except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors as SafetensorError
+            shutil.rmtree(path, ignore_errors=True)
+            raise OSError(getattr(exc, "errno", None), f"writing checkpoint {path} failed ({exc}); the partial checkpoint was removed. "
+                                     "Free space on that disk or point run.storage_path elsewhere") from exc
+
+    @staticmethod
+    def _write(path, step, model, optimizer, scheduler, ema, extra) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()},
                   path / "model.safetensors")
         if ema is not None:
@@ -225,8 +240,18 @@ class TrainState:
         extra: Mapping[str, nn.Module | torch.optim.Optimizer] | None = None,
     ) -> int:
         """Restore a checkpoint into the given objects (and the `extra` ones saved by name) and return
-        the step to continue from."""
+        the step to continue from. A corrupted or truncated file raises naming it."""
         path = Path(path)
+        try:
+            return TrainState._read(path, model, optimizer, scheduler, ema, extra)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError) as exc:
+            if isinstance(exc, (FileNotFoundError, KeyError)) and "checkpoint" in str(exc):
+                raise
+            raise RuntimeError(f"checkpoint {path} is corrupted or incomplete ({type(exc).__name__}: {exc}); "
+                               "delete that folder to resume from the checkpoint before it") from exc
+
+    @staticmethod
+    def _read(path, model, optimizer, scheduler, ema, extra) -> int:
         module = unwrap(model)
         device = next(module.parameters()).device
         module.load_state_dict(load_file(path / "model.safetensors", device=str(device)))

@@ -218,6 +218,31 @@ class RunLogger:
             self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
 
+def model_code_file(pyfunc_model: Any, directory: Path) -> Path:
+    """MLflow models-from-code: a .py file that builds the pyfunc wrapper, so loading a registered
+    version imports the wrapper from the installed genops code and unpickles nothing.
+
+    `pyfunc_model` is a path to such a file, or a wrapper instance whose class takes no arguments
+    (its module and class name go into the generated file).
+    """
+    if isinstance(pyfunc_model, (str, Path)):
+        path = Path(pyfunc_model)
+        if path.suffix != ".py" or not path.is_file():
+            raise FileNotFoundError(f"pyfunc model code {path} is not a .py file (models-from-code)")
+        return path
+    cls = type(pyfunc_model)
+    if "<locals>" in cls.__qualname__ or cls.__module__ == "__main__":
+        raise ValueError(f"pyfunc wrapper {cls.__qualname__} must be a module-level class of an importable module")
+    path = directory / f"{cls.__name__.lower()}_model.py"
+    path.write_text(
+        f'"""Models-from-code entry of {cls.__qualname__}: loading runs this file, nothing is unpickled."""\n'
+        "from mlflow.models import set_model\n\n"
+        f"from {cls.__module__} import {cls.__qualname__}\n\n"
+        f"set_model({cls.__qualname__}())\n"
+    )
+    return path
+
+
 def register_model(
     cfg: TrackingConfig,
     run_id: str,
@@ -229,16 +254,18 @@ def register_model(
 
     The weights stay in Hugging Face form inside the model's artifacts (loadable with
     `from_pretrained`, no pickle of the module, no batch size fixed by an input example); the
-    pyfunc wrapper only says how to load and call them. Returns the new version, or None when
+    pyfunc wrapper is logged as code (`model_code_file`), so loading a version unpickles nothing. Returns the new version, or None when
     `cfg.registered_model` is unset.
     """
+    import tempfile
+
     import mlflow
 
     _client(cfg.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as code_dir, mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=pyfunc_model,
+            python_model=str(model_code_file(pyfunc_model, Path(code_dir))),
             artifacts={"weights": str(model_dir)},
             pip_requirements=["genops"],
         )

@@ -6,7 +6,10 @@ answers at once.
 
 import typer
 
-from orchestration.cli import data, kernels, metrics, stack, train
+from orchestration.cli import data, kernels, metrics, paradiffusion, stack, train
+from orchestration.cli import minigpt5 as minigpt5_cli
+from orchestration.cli import registry as registry_cli
+from orchestration.cli import serving as serving_cli
 
 app = typer.Typer(
     name="genops",
@@ -21,3 +24,9 @@ app.command()(stack.ui)
 app.command()(train.train)
 app.command()(train.sample)
 app.add_typer(kernels.app, name="kernels")
+app.add_typer(minigpt5_cli.app, name="minigpt5")
+app.add_typer(registry_cli.app, name="registry")
+app.add_typer(paradiffusion.app, name="paradiffusion")
+app.command()(serving_cli.export)
+app.command()(serving_cli.generate)
+app.command()(serving_cli.serve)

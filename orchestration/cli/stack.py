@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,48 +71,68 @@ def write_summary(text: str, directory: Path, run_id: str) -> tuple[Path, Path]:
     return run_file, latest
 
 
-def demo() -> None:
-    """Run the main job: materialize every asset of the graph, end to end, on the demo profile."""
+def demo(force: bool = typer.Option(False, "--force", help="Re-run every asset of the main graph, changed or not.")) -> None:
+    """Run the main job on the demo profile: materialize what changed (code, config or data) and what
+    depends on it; everything, the first time or with --force. The ablations group is never part of it."""
     home = _dagster_home()
     import dagster as dg
 
     from orchestration.definitions import defs
+    from orchestration.dvc_pipeline import DvcPipeline
+    from orchestration.freshness import materialize_due
     from orchestration.resources import project_root
 
     typer.echo(f"genops demo: materializing the asset graph in-process (DAGSTER_HOME={home})")
     started = time.monotonic()
-    job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
-        assets = materialized_assets(result, instance)
+        results = materialize_due(defs, instance, DvcPipeline(project_root()), force=force, say=typer.echo)
+        assets = [summary for result in results for summary in materialized_assets(result, instance)]
+    run_id = results[-1].run_id if results else "up-to-date"
     elapsed = time.monotonic() - started
     # Plain lines, never cut: at the terminal's width (80 in a log: COLUMNS or the fallback), and at 80 in the file.
     width = shutil.get_terminal_size((SUMMARY_FILE_WIDTH, 24)).columns
-    typer.echo(render_summary(assets, width, run_id=result.run_id, total_seconds=elapsed), nl=False)
+    typer.echo(render_summary(assets, width, run_id=run_id, total_seconds=elapsed), nl=False)
     run_file, latest = write_summary(
-        render_summary(assets, SUMMARY_FILE_WIDTH, run_id=result.run_id, total_seconds=elapsed),
-        project_root() / "outputs" / "demo", result.run_id,
+        render_summary(assets, SUMMARY_FILE_WIDTH, run_id=run_id, total_seconds=elapsed),
+        project_root() / "outputs" / "demo", run_id,
     )
     typer.echo(f"summary written to {run_file} (latest: {latest})")
-    if not result.success:
-        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+    from training_jobs.registry import registry_status_text
+
+    typer.echo("\n$ genops registry status\n" + registry_status_text(), nl=False)
+    if not all(result.success for result in results):
+        failed = [e.step_key for result in results for e in result.all_events if e.is_step_failure]
         typer.secho(f"demo failed after {elapsed:.0f}s; failed steps: {failed}. "
                     f"Run `genops ui` and open the run for the full error.", fg="red")
         raise typer.Exit(code=1)
-    typer.secho(f"demo succeeded in {elapsed:.0f}s (run {result.run_id}); see it in `genops ui`.", fg="green")
+    typer.secho(f"demo succeeded in {elapsed:.0f}s (run {run_id}); see it in `genops ui`.", fg="green")
 
 
-def ui(port: int = typer.Option(3000, help="Port of the Dagster webserver.")) -> None:
-    """Start the Dagster UI (dagster dev) on the project's definitions; Ctrl-C stops it and its children."""
-    _dagster_home()
-    command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "orchestration.definitions", "-p", str(port)]
-    # dagster dev ignores SIGTERM for a long time: run it in its own process group and stop the group.
-    process = subprocess.Popen(command, start_new_session=True)
+def ui(port: int = typer.Option(3000, help="Port of the Dagster webserver."),
+       mlflow_port: int = typer.Option(5000, help="Port of the MLflow UI."),
+       host: str = typer.Option("127.0.0.1", help="Interface both servers listen on.")) -> None:
+    """Start the Dagster webserver + daemon and the MLflow UI on the embedded stores; Ctrl-C stops both."""
+    from orchestration.local_ui import UiStack, ensure_dagster_yaml, ui_commands, wait_for_http
+    from orchestration.resources import local_mlflow_uri, project_root
+
+    home = _dagster_home()
+    ensure_dagster_yaml(home)
+    root = project_root()
+    (root / "mlflow" / "store" / "artifacts").mkdir(parents=True, exist_ok=True)
+    stack = UiStack(ui_commands(port, mlflow_port, local_mlflow_uri(root), root / "mlflow" / "store" / "artifacts", host))
+    urls = {"dagster": f"http://{host}:{port}", "mlflow": f"http://{host}:{mlflow_port}"}
+    stack.start()
     try:
-        process.wait()
+        typer.echo(f"genops ui: starting Dagster (DAGSTER_HOME={home}) and MLflow ({local_mlflow_uri(root)})")
+        for name, url in urls.items():
+            wait_for_http(url, timeout=300, process=stack.processes[name])
+        typer.secho(f"Dagster UI: {urls['dagster']}\nMLflow UI:  {urls['mlflow']}\nCtrl-C stops both.", fg="green")
+        while all(p.poll() is None for p in stack.processes.values()):
+            time.sleep(1)
+        dead = [name for name, p in stack.processes.items() if p.poll() is not None]
+        typer.secho(f"genops ui: {', '.join(dead)} exited; stopping the rest", fg="red")
     except KeyboardInterrupt:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        typer.echo("genops ui: stopping Dagster and MLflow")
+    finally:
+        codes = stack.stop()
+    typer.echo(f"genops ui: stopped ({', '.join(f'{n} exit {c}' for n, c in codes.items())})")

@@ -34,7 +34,9 @@ def train(
 
 
 # the registry name each samplable model is registered under
-REGISTERED_MODELS = {"sd_base": "genops-sd-base", "llm_base": "genops-llm-base"}
+REGISTERED_MODELS = {"sd_base": "genops-sd-base", "llm_base": "genops-llm-base",
+                     "vlad": "genops-vlad",
+                     "paradiffusion": "genops-paradiffusion-stage3"}
 
 
 def sample(
@@ -67,6 +69,14 @@ def sample(
         raise typer.Exit(code=1) from exc
     if model == "llm_base":
         _continue_text(path, prompt, max_new_tokens, temperature, top_k, seed)
+    elif model == "paradiffusion":
+        from orchestration.cli.paradiffusion import draw_paragraph_images
+
+        draw_paragraph_images(path, prompt, out, steps, guidance_scale, seed)
+    elif model == "vlad":
+        from orchestration.cli.vlad import draw_vlad_images
+
+        draw_vlad_images(path, prompt, out, steps, guidance_scale, seed)
     else:
         _draw_images(path, prompt, out, steps, guidance_scale, seed)
 

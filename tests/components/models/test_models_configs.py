@@ -10,12 +10,17 @@ from components.models.autoencoder import AutoencoderConfig, build_autoencoder
 from components.models.clip_base import ClipBaseConfig
 from components.models.clip_evaluator import ClipEvaluatorConfig, build_clip_model
 from components.models.llm_base import LlmBase, LlmBaseConfig
+from components.models.minigpt5 import MiniGPT5Config
+from components.models.paradiffusion import LoraSettings, ParaDiffusionConfig
 from components.models.sd_base import SDBase, SDBaseConfig
+from components.models.vlad import VLADConfig
 from training_jobs.launcher import RECIPES, resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "training_jobs" / "configs" / "models"
 SCHEMAS = {"vae": AutoencoderConfig, "clip_evaluator": ClipEvaluatorConfig, "sd_base": SDBaseConfig,
-           "llm_base": LlmBaseConfig, "clip_base": ClipBaseConfig}
+           "llm_base": LlmBaseConfig, "clip_base": ClipBaseConfig,
+           "paradiffusion": ParaDiffusionConfig, "paradiffusion_lora": LoraSettings,
+           "minigpt5": MiniGPT5Config, "vlad": VLADConfig}
 PROFILES = ("tiny", "demo", "paper")
 # named model variants of a profile, configs/models/<model>/<profile>-<variant>.yaml
 VARIANTS = {"llm_base": ("paper-vicuna-7b",)}
