@@ -73,6 +73,12 @@ class SDUNetConfig:
     # a learned 2D position embedding (sin-cos initialised) added to the tokens entering every transformer
     # block, so that cross-attention queries know where they are (`PositionedProjection`)
     position_embedding: bool = False
+    # a global text vector added to the timestep embedding of every ResNet block: attention pooling over the
+    # conditioning tokens (diffusers' `addition_embed_type="text"`, DeepFloyd IF's design), so the
+    # convolutions, which do know where they are, see what the prompt asks for at every level
+    text_time_embedding: bool = False
+    # heads of that attention pooling; must divide the text encoder's hidden size
+    text_time_heads: int = 4
 
     def __post_init__(self) -> None:
         levels = len(self.block_out_channels)
@@ -104,6 +110,8 @@ class SDUNetConfig:
                 f"unet.sample_size={self.sample_size} must be a positive multiple of the UNet's downsampling "
                 f"factor {downsample} (2 ** (len(unet.block_out_channels) - 1))"
             )
+        if self.text_time_heads < 1:
+            raise ValueError(f"unet.text_time_heads must be >= 1, got {self.text_time_heads}")
         if self.latent_channels < 1:
             raise ValueError(f"unet.latent_channels must be >= 1, got {self.latent_channels}")
         if self.layers_per_block < 1:
@@ -151,6 +159,8 @@ def build_unet(cfg: SDUNetConfig, cross_attention_dim: int) -> UNet2DConditionMo
         cross_attention_dim=cross_attention_dim,
         norm_num_groups=cfg.norm_num_groups,
         use_linear_projection=cfg.use_linear_projection,
+        addition_embed_type="text" if cfg.text_time_embedding else None,
+        addition_embed_type_num_heads=cfg.text_time_heads,
     )
     return add_position_embeddings(unet) if cfg.position_embedding else unet
 
@@ -272,6 +282,10 @@ class SDBase(nn.Module):
     @classmethod
     def from_config(cls, cfg: SDBaseConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> SDBase:
         """Randomly initialised text encoder and UNet; the vocabulary and special ids come from `tokenizer`."""
+        if cfg.unet.text_time_embedding and cfg.text.hidden_size % cfg.unet.text_time_heads:
+            raise ValueError(
+                f"unet.text_time_heads={cfg.unet.text_time_heads} must divide text.hidden_size={cfg.text.hidden_size}"
+            )
         text_encoder = CLIPTextModel(clip_text_config(cfg.text, tokenizer))
         text_encoder.requires_grad_(not cfg.freeze_text_encoder)
         unet = build_unet(cfg.unet, cross_attention_dim=cfg.text.hidden_size)

@@ -234,3 +234,37 @@ def test_position_embedding_reaches_every_transformer_and_round_trips(tokenizer,
         assert torch.equal(loaded.denoise(x, t, cond), before)  # safetensors keep every bit of the weights
     with pytest.raises(ValueError, match="unet.use_linear_projection"):
         SDUNetConfig(position_embedding=True, use_linear_projection=False)
+
+
+def test_text_time_embedding_carries_the_prompt_into_every_resnet_and_round_trips(tokenizer, tmp_path):
+    """unet.text_time_embedding: an attention-pooled text vector joins the timestep embedding.
+
+    With cross-attention only in the mid block's neighbour level, a prompt still changes the output of the
+    first (attention-free) level through it; the pooling learns, and the saved folder reloads it bit for bit.
+    """
+    cfg = dataclasses.replace(TINY, unet=dataclasses.replace(TINY.unet, text_time_embedding=True, text_time_heads=2))
+    torch.manual_seed(0)
+    sd = SDBase.from_config(cfg, tokenizer)
+    assert sd.unet.config.addition_embed_type == "text"
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    first_level = {}
+    sd.unet.down_blocks[0].register_forward_hook(lambda m, i, o: first_level.__setitem__("out", o[0]))
+    with torch.no_grad():
+        sd.denoise(x, t, sd.encode_prompts(PROMPTS[:1]))
+        red = first_level["out"].clone()
+        sd.denoise(x, t, sd.encode_prompts(PROMPTS[1:]))
+    # the attention-free 8x8 level sees the prompt only through the pooled vector: O(0.01) apart, not rounding
+    assert (red - first_level["out"]).abs().max() > 1e-4
+    ids, mask = sd.tokenize(PROMPTS)
+    sd(torch.randn(2, 4, 8, 8), ids, mask)["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in sd.unet.add_embedding.parameters())
+    loaded = SDBase.from_pretrained(sd.save_pretrained(tmp_path / "sd"))
+    cond = sd.encode_prompts(PROMPTS[:1])
+    with torch.no_grad():
+        assert torch.equal(loaded.denoise(x, t, cond), sd.denoise(x, t, cond))
+
+
+def test_text_time_heads_must_divide_the_text_width(tokenizer):
+    cfg = dataclasses.replace(TINY, unet=dataclasses.replace(TINY.unet, text_time_embedding=True, text_time_heads=3))
+    with pytest.raises(ValueError, match="unet.text_time_heads=3 must divide text.hidden_size=16"):
+        SDBase.from_config(cfg, tokenizer)
