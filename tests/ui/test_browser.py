@@ -34,7 +34,7 @@ PlaywrightTimeout, sync_playwright = playwright.TimeoutError, playwright.sync_pl
 CHROMIUM = os.environ.get("GENOPS_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = PROJECT / "outputs" / "ui-screenshots"
 SERVER_START_S = 300  # both servers import the whole code location; on a loaded 2-core box that is minutes
-RUN_S = 300  # a UI-launched run imports the code location again, then runs `dvc repro generate` (tiny)
+RUN_S = 600  # a UI-launched run imports the code location again, then runs `dvc repro generate` (tiny)
 
 
 def free_port() -> int:
@@ -43,43 +43,49 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def _start(base: Path, name: str) -> tuple[UiStack, dict]:
+    """The temporary stores, and `genops ui`'s command for server `name` only (its own process group)."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set GENOPS_CHROMIUM)")
-    base = tmp_path_factory.mktemp("ui")
     root = make_checkout(base / "checkout")
     home = base / "dagster_home"
     home.mkdir()
     ensure_dagster_yaml(home)
     artifacts = root / "mlflow" / "store" / "artifacts"
     artifacts.mkdir(parents=True)
-    store = make_mlflow_store(local_mlflow_uri(root), artifacts)
-    dagster_port, mlflow_port = free_port(), free_port()
+    store = make_mlflow_store(local_mlflow_uri(root), artifacts) if name == "mlflow" else {}
+    port = free_port()
+    command = ui_commands(port, port, local_mlflow_uri(root), artifacts)[name]
     env = {**os.environ, "GENOPS_ROOT": str(root), "DAGSTER_HOME": str(home),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    stack = UiStack(ui_commands(dagster_port, mlflow_port, local_mlflow_uri(root), artifacts))
+    stack = UiStack({name: command})
     stack.start(env=env)
+    url = f"http://127.0.0.1:{port}"
     try:
-        dagster, mlflow = f"http://127.0.0.1:{dagster_port}", f"http://127.0.0.1:{mlflow_port}"
-        wait_for_http(f"{dagster}/server_info", SERVER_START_S, stack.processes["dagster"])
-        wait_for_http(f"{mlflow}/health", SERVER_START_S, stack.processes["mlflow"])
-        yield {"dagster": dagster, "mlflow": mlflow, "root": root, **store}
-    finally:
-        codes = stack.stop()
-        assert all(not _alive(p) for p in stack.processes.values()), codes
-
-
-def _alive(process) -> bool:
-    try:
-        os.killpg(process.pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        wait_for_http(f"{url}/server_info" if name == "dagster" else f"{url}/health", SERVER_START_S,
+                      stack.processes[name])
+    except BaseException:
+        stack.stop()
+        raise
+    return stack, {"url": url, "root": root, **store}
 
 
 @pytest.fixture(scope="module")
-def page(servers):
+def dagster(tmp_path_factory):
+    stack, server = _start(tmp_path_factory.mktemp("dagster"), "dagster")
+    yield server
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(tmp_path_factory):
+    stack, server = _start(tmp_path_factory.mktemp("mlflow"), "mlflow")
+    yield server
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def page():
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -123,10 +129,10 @@ def graphql(url: str, query: str) -> dict:
         return json.loads(response.read())["data"]
 
 
-def test_dagster_asset_graph_shows_every_group(servers, page):
-    groups = {node["groupName"] for node in graphql(servers["dagster"], "{ assetNodes { groupName } }")["assetNodes"]}
+def test_dagster_asset_graph_shows_every_group(dagster, page):
+    groups = {node["groupName"] for node in graphql(dagster["url"], "{ assetNodes { groupName } }")["assetNodes"]}
     assert {"data", "base_models", "evaluation", "ablations"} <= groups, groups
-    page.goto(f"{servers['dagster']}/asset-groups")
+    page.goto(f"{dagster['url']}/asset-groups")
     dismiss_dagster_welcome(page)
     for group in sorted(groups):  # a folder of the lineage sidebar (and a collapsed node of the graph)
         page.get_by_text(group, exact=True).first.wait_for()
@@ -134,8 +140,8 @@ def test_dagster_asset_graph_shows_every_group(servers, page):
     shot(page, "dagster-asset-graph")
 
 
-def test_dagster_materializes_a_data_asset_and_shows_its_dvc_metadata(servers, page):
-    page.goto(f"{servers['dagster']}/assets/synthetic_world")
+def test_dagster_materializes_a_data_asset_and_shows_its_dvc_metadata(dagster, page):
+    page.goto(f"{dagster['url']}/assets/synthetic_world")
     dismiss_dagster_welcome(page)
     page.get_by_text("Never materialized").wait_for()
     page.get_by_role("button", name=re.compile(r"Materialize$")).click()
@@ -148,9 +154,9 @@ def test_dagster_materializes_a_data_asset_and_shows_its_dvc_metadata(servers, p
         if page.get_by_text("dataset_version", exact=True).count():
             break
         assert time.monotonic() < deadline, f"no materialization of synthetic_world within {RUN_S}s"
-    lock = yaml.safe_load((servers["root"] / "dvc.lock").read_text())["stages"]
+    lock = yaml.safe_load((dagster["root"] / "dvc.lock").read_text())["stages"]
     md5 = lock["generate"]["outs"][0]["md5"]
-    manifest = json.loads((servers["root"] / "data" / "raw" / "world_manifest.json").read_text())
+    manifest = json.loads((dagster["root"] / "data" / "raw" / "world_manifest.json").read_text())
     metadata = page.locator("table").filter(has_text="dataset_version")
     metadata.get_by_text(md5, exact=True).wait_for()
     for dataset, count in manifest["counts"].items():
@@ -158,8 +164,8 @@ def test_dagster_materializes_a_data_asset_and_shows_its_dvc_metadata(servers, p
     shot(page, "dagster-synthetic-world-materialized")
 
 
-def test_mlflow_lists_the_run_with_its_metrics(servers, page):
-    page.goto(f"{servers['mlflow']}/#/experiments/{servers['experiment_id']}/runs")
+def test_mlflow_lists_the_run_with_its_metrics(mlflow_ui, page):
+    page.goto(f"{mlflow_ui['url']}/#/experiments/{mlflow_ui['experiment_id']}/runs")
     close_mlflow_assistant(page)
     page.get_by_text("1 matching run").wait_for()
     shot(page, "mlflow-experiment")
@@ -172,8 +178,8 @@ def test_mlflow_lists_the_run_with_its_metrics(servers, page):
     shot(page, "mlflow-run-overview")
 
 
-def test_mlflow_run_artifacts_show_the_sample_grid(servers, page):
-    page.goto(f"{servers['mlflow']}/#/experiments/{servers['experiment_id']}/runs/{servers['run_id']}/artifacts")
+def test_mlflow_run_artifacts_show_the_sample_grid(mlflow_ui, page):
+    page.goto(f"{mlflow_ui['url']}/#/experiments/{mlflow_ui['experiment_id']}/runs/{mlflow_ui['run_id']}/artifacts")
     close_mlflow_assistant(page)
     page.get_by_text("samples", exact=True).click()
     page.get_by_text("sample_grid.png", exact=True).click()
@@ -184,10 +190,10 @@ def test_mlflow_run_artifacts_show_the_sample_grid(servers, page):
     shot(page, "mlflow-sample-grid")
 
 
-def test_mlflow_registry_shows_the_champion_alias(servers, page):
-    page.goto(f"{servers['mlflow']}/#/models/{MODEL}")
+def test_mlflow_registry_shows_the_champion_alias(mlflow_ui, page):
+    page.goto(f"{mlflow_ui['url']}/#/models/{MODEL}")
     close_mlflow_assistant(page)
-    row = page.get_by_role("row").filter(has_text=f"Version {servers['version']}")
+    row = page.get_by_role("row").filter(has_text=f"Version {mlflow_ui['version']}")
     row.get_by_text("champion").wait_for()
     shot(page, "mlflow-registry-champion")
 
