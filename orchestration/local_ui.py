@@ -44,7 +44,10 @@ def ui_commands(dagster_port: int, mlflow_port: int, tracking_uri: str, artifact
     return {
         "dagster": [_bin("dagster"), "dev", "-m", "orchestration.definitions", "-h", host, "-p", str(dagster_port)],
         "mlflow": [_bin("mlflow"), "ui", "--backend-store-uri", tracking_uri, "--default-artifact-root",
-                   Path(artifact_root).as_uri(), "--host", host, "--port", str(mlflow_port)],
+                   Path(artifact_root).as_uri(), "--host", host, "--port", str(mlflow_port),
+                   # one worker: uvicorn's supervisor of several kills any worker that misses its 5 s
+                   # health ping, which on a busy laptop (all cores training) restarts them forever
+                   "--workers", "1"],
     }
 
 
