@@ -8,7 +8,7 @@ Dagster `evaluation` group builds its assets from these specs (orchestration/ass
 `run_evaluation` works the same without Dagster.
 
 The benchmark set is one JSONL file (`data/benchmarks/<family>.jsonl`: prompt, ground-truth image
-as base64 PNG, scene ground truth) whose md5 is what `dvc add` would record for it; the md5 and the
+as base64 PNG when the family has one, ground truth) whose md5 is what `dvc add` would record for it; the md5 and the
 source dataset's DVC version go on the evaluation run and the version's tags.
 """
 
@@ -36,11 +36,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BenchmarkRow:
-    """One benchmark item: its id, prompt, ground-truth image and ground truth (scene, words, ...)."""
+    """One benchmark item: its id, prompt (or held-out text), ground-truth image (None for text-only
+    benchmarks) and ground truth (scene, quoted words, story steps, ...)."""
 
     id: str
     prompt: str
-    image: Image.Image
+    image: Image.Image | None
     groundtruth: dict | None
 
 
@@ -52,8 +53,8 @@ class EvaluationOutcome:
     """Headline metrics of the model (the policy's gates and primary metric read these)."""
     samples: list[dict[str, Any]]
     """Per-sample rows: prompt, each metric; `image` (PIL) is logged as a file and replaced by its path."""
-    grid: Image.Image
-    """A grid of the first samples (fixed seeds), logged beside the table."""
+    grid: Image.Image | None
+    """A grid of the first samples (fixed seeds), logged beside the table (None: nothing is drawn)."""
     baselines: list[Row] = field(default_factory=list)
     """Ceiling / floor rows measured with the same metrics on the same benchmark."""
     facts: dict[str, str] = field(default_factory=dict)
@@ -84,8 +85,14 @@ class EvaluationSpec:
     """The comparison table's caption (which paper table it follows)."""
     model_row_name: str
     """The model's row name in the table (the paper's name for it, e.g. SD)."""
-    reference_split: str = "val"
-    """Split whose ground-truth images are the FID reference set."""
+    reference_split: str | None = "val"
+    """Split whose ground-truth images are the FID reference set (None: the scorer needs none)."""
+    uses_clip_evaluator: bool = True
+    """Whether the scorer reads the evaluator CLIP (then the evaluation asset depends on `clip_evaluator`)."""
+    benchmark_rows: Callable[[Path, str, str, int], list[BenchmarkRow]] | None = None
+    """(prepared root, dataset, split, count) -> the benchmark rows; None: `split_samples` (captioned images)."""
+    sampler_steps: dict[str, int] = field(default_factory=dict)
+    """Sampler steps per profile for generative scorers (absent: the model's own default)."""
 
 
 EVALUATIONS: dict[str, EvaluationSpec] = {}
@@ -99,7 +106,8 @@ def register_evaluation(spec: EvaluationSpec) -> EvaluationSpec:
     return spec
 
 
-def _png_b64(image: Image.Image) -> str:
+def png_b64(image: Image.Image) -> str:
+    """PNG bytes of an image as base64 text (how benchmark files carry images)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -141,9 +149,12 @@ def build_benchmark(spec: EvaluationSpec, prepared_root: Path, out: Path, profil
     if profile not in spec.benchmark_size:
         raise ValueError(f"evaluation {spec.family}: no benchmark_size for profile {profile!r} "
                          f"(has {sorted(spec.benchmark_size)})")
-    rows = split_samples(prepared_root, spec.benchmark_dataset, spec.benchmark_split, spec.benchmark_size[profile])
-    atomic_write_jsonl(out, ({"id": r.id, "prompt": r.prompt, "image_png": _png_b64(r.image),
-                              "groundtruth": r.groundtruth} for r in rows))
+    read_rows = spec.benchmark_rows or split_samples
+    rows = read_rows(prepared_root, spec.benchmark_dataset, spec.benchmark_split, spec.benchmark_size[profile])
+    if not rows:
+        raise ValueError(f"evaluation {spec.family}: {spec.benchmark_dataset}/{spec.benchmark_split} gave no benchmark rows")
+    atomic_write_jsonl(out, ({"id": r.id, "prompt": r.prompt, "groundtruth": r.groundtruth,
+                              **({"image_png": png_b64(r.image)} if r.image is not None else {})} for r in rows))
     return out, file_md5(out), len(rows)
 
 
@@ -153,7 +164,8 @@ def read_benchmark(path: Path) -> list[BenchmarkRow]:
     for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
         try:
             raw = json.loads(line)
-            image = Image.open(io.BytesIO(base64.b64decode(raw["image_png"]))).convert("RGB")
+            image = (Image.open(io.BytesIO(base64.b64decode(raw["image_png"]))).convert("RGB")
+                     if "image_png" in raw else None)
             rows.append(BenchmarkRow(str(raw["id"]), raw["prompt"], image, raw.get("groundtruth")))
         except (KeyError, ValueError, OSError) as err:
             raise ValueError(f"{path}:{lineno}: not a benchmark row ({err})") from err
@@ -247,7 +259,8 @@ def run_evaluation(
             table.append(sample)
         client.log_artifacts(run_id, str(folder), "evaluation/samples")
     client.log_table(run_id, {k: [row.get(k) for row in table] for k in table[0]} if table else {}, "evaluation/samples.json")
-    client.log_image(run_id, outcome.grid, "evaluation/grid.png")
+    if outcome.grid is not None:
+        client.log_image(run_id, outcome.grid, "evaluation/grid.png")
     client.log_text(run_id, markdown, "evaluation/comparison.md")
     client.log_text(run_id, comparison_html(spec.table_title, spec.columns, table_rows, notes), "evaluation/comparison.html")
     record_evaluation(client, name, version, outcome.metrics, facts)

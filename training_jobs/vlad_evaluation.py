@@ -9,6 +9,10 @@ mean P and mean R, `components.metrics.ocr`), CLIP score with the evaluator CLIP
 and FID in the evaluator's image-embedding space against the prompts' ground-truth images. The ceiling
 row is the ground-truth images themselves through the same OCR (at their native size, and resized to the
 generators' resolution, which is what a perfect generator at that size could reach).
+
+`VLAD_EVALUATION` is the registered model's evaluation asset (training_jobs/evaluation.py): the same
+metrics on a DVC-versioned benchmark of the first MARIO-Eval-format prompts, with the floor (VLAD
+sampled from the empty prompt with the same noise) and the ceiling beside it.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
+from components.data.training_data import image_grid
 from components.metrics.clip_score import ClipEmbedder, clip_scores
+from components.metrics.comparison import Column, Row
 from components.metrics.fid import ClipImageExtractor, compute_statistics, fid_from_statistics
 from components.metrics.ocr import OcrEngine, ocr_metrics
-from components.models.autoencoder import load_autoencoder, pixels_to_images
+from components.models.autoencoder import images_to_pixels, load_autoencoder, pixels_to_images
+from training_jobs.evaluation import BenchmarkRow, EvaluationOutcome, EvaluationSpec, register_evaluation
 from training_jobs.model_inputs import resolve_model_path
 
 COLUMNS = ("fid", "clip_score", "ocr_accuracy", "ocr_precision", "ocr_recall", "ocr_f_measure")
@@ -84,11 +92,18 @@ def generate(kind: str, model_dir: Path, prompts: Sequence[str], steps: int, gui
 def score(images: Sequence, prompts: Sequence[str], references: Sequence, embedder: ClipEmbedder,
           extractor: ClipImageExtractor, ocr: OcrEngine) -> dict[str, float]:
     """OCR (MARIO-Eval rules), CLIP score and FID against `references` for one row."""
+    return score_in_detail(images, prompts, references, embedder, extractor, ocr)[0]
+
+
+def score_in_detail(images: Sequence, prompts: Sequence[str], references: Sequence, embedder: ClipEmbedder,
+                    extractor: ClipImageExtractor, ocr: OcrEngine) -> tuple[dict[str, float], Any, Any]:
+    """`score`'s metrics, and the per-image OCR reading and CLIP scores behind them."""
     reading = ocr_metrics(ocr, images, prompts)
     clip = clip_scores(embedder, images, prompts)
     fid = fid_from_statistics(compute_statistics(images, extractor), compute_statistics(references, extractor))
-    return {"fid": fid.value, "clip_score": clip.clip_score, "ocr_accuracy": reading.accuracy,
-            "ocr_precision": reading.precision, "ocr_recall": reading.recall, "ocr_f_measure": reading.f_measure}
+    return ({"fid": fid.value, "clip_score": clip.clip_score, "ocr_accuracy": reading.accuracy,
+             "ocr_precision": reading.precision, "ocr_recall": reading.recall, "ocr_f_measure": reading.f_measure},
+            reading, clip)
 
 
 def markdown_table(rows: dict[str, dict[str, float]], title: str) -> str:
@@ -122,6 +137,64 @@ def evaluate_rows(rows: dict[str, tuple[str, str]], prepared_root: str | Path, e
             small = [r.resize(size, Image.Resampling.LANCZOS) for r in references]
             results[f"ground truth at {size[0]} px"] = score(small, texts, references, embedder, extractor, ocr)
     return results
+
+
+def mario_eval_rows(prepared_root: Path, dataset: str, split: str, count: int) -> list[BenchmarkRow]:
+    """The benchmark rows of `load_eval_prompts` (`dataset` is mario_eval; its prompts file has no splits)."""
+    if dataset != "mario_eval":
+        raise ValueError(f"VLAD's benchmark is drawn from mario_eval's prompts, not {dataset!r}")
+    return [BenchmarkRow(f"mario_eval-{i:05d}", p.prompt, Image.open(p.image).convert("RGB"), None)
+            for i, p in enumerate(load_eval_prompts(prepared_root, count))]
+
+
+def score_vlad(model_dir: Path, rows: list[BenchmarkRow], inputs: dict[str, Any]) -> EvaluationOutcome:
+    """inputs: clip_evaluator (folder), seed, steps, guidance_scale, batch_size."""
+    texts, references = [r.prompt for r in rows], [r.image for r in rows]
+    seed, batch = int(inputs.get("seed", 0)), int(inputs.get("batch_size", 16))
+    steps, guidance = inputs.get("steps"), inputs.get("guidance_scale")
+    embedder, extractor = ClipEmbedder(inputs["clip_evaluator"]), ClipImageExtractor(inputs["clip_evaluator"])
+    ocr = OcrEngine()
+    images, _ = generate("vlad", Path(model_dir), texts, steps, guidance, seed, batch)
+    metrics, reading, clip = score_in_detail(images, texts, references, embedder, extractor, ocr)
+    floor_images, _ = generate("vlad", Path(model_dir), [""] * len(texts), steps, guidance, seed, batch)
+    floor = score(floor_images, texts, references, embedder, extractor, ocr)
+    # What the prompt itself buys over the same noise sampled unconditionally (the policy's gate reads it).
+    metrics["clip_score_over_floor"] = metrics["clip_score"] - floor["clip_score"]
+    size = images[0].size
+    at_size = score([r.resize(size, Image.Resampling.LANCZOS) for r in references], texts, references, embedder,
+                    extractor, ocr)
+    samples = [{"id": r.id, "prompt": r.prompt, "image": image, "clip_score": clip.per_image_clip_score[i],
+                "ocr_precision": reading.per_image[i].precision, "ocr_recall": reading.per_image[i].recall,
+                "ocr_accuracy": reading.per_image[i].accuracy, "ocr_read": " ".join(reading.per_image[i].predicted),
+                "ocr_target": " ".join(reading.per_image[i].target)}
+               for i, (r, image) in enumerate(zip(rows, images))]
+    return EvaluationOutcome(
+        metrics=metrics, samples=samples,
+        grid=image_grid(images_to_pixels(images[:16]), columns=min(8, len(images))),
+        baselines=[Row("VLAD, empty prompt (floor)", "floor", floor),
+                   Row(f"Ground-truth images at {size[0]} px (ceiling)", "ceiling", at_size)],
+        facts={"fid_extractor": extractor.name, "clip_model": embedder.name, "ocr": "rapidocr PP-OCRv4",
+               "seed": str(seed), "steps": str(steps or "model default"),
+               "guidance_scale": str(guidance or "model default")},
+    )
+
+
+VLAD_EVALUATION = register_evaluation(EvaluationSpec(
+    family="vlad",
+    registered_model="genops-vlad",
+    training_asset="vlad",
+    benchmark_dataset="mario_eval",
+    benchmark_split="prompts",
+    benchmark_size={"tiny": 4, "demo": 24, "paper": 5000},
+    score=score_vlad,
+    columns=tuple(Column(key, header, key != "fid") for key, header in (
+        ("fid", "FID (CLIP)"), ("clip_score", "CLIP Score"), ("ocr_accuracy", "OCR Acc."),
+        ("ocr_precision", "OCR P"), ("ocr_recall", "OCR R"), ("ocr_f_measure", "OCR F"))),
+    table_title="VLAD on MARIO-Eval-format prompts (columns of VLAD Table I)",
+    model_row_name="VLAD",
+    reference_split=None,
+    sampler_steps={"tiny": 2, "demo": 10},
+))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,15 +10,22 @@ Built from the evaluation specs of `training_jobs.evaluation` (one per model fam
                   gate records the rejection (version tags, history) and stops the promotion
     F_promotion   applies the policy: champion, or rejected with the reason
 
-Families join by registering an `EvaluationSpec` in a module imported below.
+Families join by registering an `EvaluationSpec` in a module imported below; every model the main
+graph registers has one (tests/orchestration/test_evaluation_graph.py keeps it so).
 """
 
 from pathlib import Path
 
 import dagster as dg
 
-import training_jobs.sd_base_evaluation  # noqa: F401  (registers the sd_base evaluation)
 from orchestration.resources import DvcResource, MlflowResource, TrainingResource
+from training_jobs import (  # noqa: F401  (each module registers its families' evaluation specs)
+    base_model_evaluation,
+    minigpt5_evaluation,
+    paradiffusion_evaluation,
+    sd_base_evaluation,
+    vlad_evaluation,
+)
 from training_jobs.evaluation import (
     EVALUATIONS,
     EvaluationSpec,
@@ -38,7 +45,7 @@ class EvaluationRunConfig(dg.Config):
     seed: int = 0
     """Sampling seed of the benchmark's samples (the same for every version, so versions compare pairwise)."""
     steps: int | None = None
-    """Sampler steps (None: the model's own default)."""
+    """Sampler steps (None: the spec's steps for the profile, else the model's own default)."""
     guidance_scale: float | None = None
     """Classifier-free guidance (None: the model's own default)."""
     reference_images: int = 100
@@ -86,25 +93,29 @@ def evaluation_assets(spec: EvaluationSpec, policy_dir: Path | None = None) -> l
             data_version=dg.DataVersion(md5),
         )
 
-    @dg.asset(name=evaluation_key, group_name=GROUP, kinds={"mlflow"},
-              deps=[spec.training_asset, benchmark_key, "clip_evaluator"],
+    deps = list(dict.fromkeys([spec.training_asset, benchmark_key, *(["clip_evaluator"] if spec.uses_clip_evaluator else [])]))
+
+    @dg.asset(name=evaluation_key, group_name=GROUP, kinds={"mlflow"}, deps=deps,
               description=f"Scores the latest {spec.registered_model} version on the {family} benchmark "
                           "(fixed seeds) and logs samples, tables and metrics to its MLflow run.")
     def evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig, dvc: DvcResource,
-                   mlflow: MlflowResource) -> dg.MaterializeResult:
+                   mlflow: MlflowResource, training: TrainingResource) -> dg.MaterializeResult:
         from training_jobs.model_inputs import resolve_model_path
 
         root = Path(dvc.repo_root)
         bench = _latest_metadata(context, benchmark_key)
-        clip_dir = resolve_model_path(_model_uri(context, "clip_evaluator", folder_ok=True), mlflow.tracking_uri)
-        reference = [r.image for r in split_samples(root / "data" / "prepared", spec.benchmark_dataset,
-                                                    spec.reference_split, config.reference_images)]
+        clip_dir = (resolve_model_path(_model_uri(context, "clip_evaluator", folder_ok=True), mlflow.tracking_uri)
+                    if spec.uses_clip_evaluator else None)
+        reference = ([r.image for r in split_samples(root / "data" / "prepared", spec.benchmark_dataset,
+                                                     spec.reference_split, config.reference_images)]
+                     if spec.reference_split else [])
+        steps = config.steps if config.steps is not None else spec.sampler_steps.get(training.profile)
         record = run_evaluation(
             spec, _model_uri(context, spec.training_asset), mlflow.tracking_uri, Path(bench["path"]),
             {"benchmark_source_version": str(bench["source_dataset_version"]),
              "benchmark_split": f"{spec.benchmark_dataset}/{spec.benchmark_split}"},
-            {"clip_evaluator": clip_dir, "reference_images": reference, "seed": config.seed, "steps": config.steps,
-             "guidance_scale": config.guidance_scale},
+            {"clip_evaluator": clip_dir, "reference_images": reference, "seed": config.seed, "steps": steps,
+             "guidance_scale": config.guidance_scale, "prepared_root": root / "data" / "prepared"},
             say=context.log.info,
         )
         return dg.MaterializeResult(
