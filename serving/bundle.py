@@ -98,6 +98,14 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"| {r['graph']} | {r['shape']} | {r['max_abs_err']:.2e} | {'pass' if r['passed'] else 'FAIL'} |"
         for r in parity["graphs"])
     e2e = parity["end_to_end"]
+    merge = parity.get("lora_merge")
+    merge_line = (f"\nLoRA merged before export: {merge['changed_weights']} target weights changed against the base, "
+                  f"{merge['unchanged_weights']} others identical; merged vs adapted output max abs diff "
+                  f"{merge['output_max_abs_diff']:.2e}.\n" if isinstance(merge, dict) else "")
+    run_it = ("""    genops generate --bundle <this folder> --prompt "a red circle at the top left" --out x.png [--backend torch]
+    genops serve --bundle <this folder>""" if manifest["family"] == "sd_base" else
+              "    The production sampler and service run sd_base bundles. This bundle's ONNX graphs, their named inputs\n"
+              "    and dynamic axes are in manifest.json (onnx.io); what stays on the host: serving.host_side.")
     metrics = "\n".join(f"- {k}: {v}" for k, v in sorted(manifest.get("metrics", {}).items())) or "- (none logged)"
     return f"""# {reg['model']} version {reg['version']} ({manifest['family']})
 
@@ -118,10 +126,9 @@ registry alias: {reg.get('alias') or '-'}. Datasets: {manifest.get('dataset_vers
 End to end (same initial noise, {e2e['steps']} steps, guidance {e2e['guidance_scale']}): max pixel difference
 {e2e['max_abs_pixel_diff']:.2e} in [-1, 1] units (tolerance {e2e['tolerance']:.2e}: {e2e['tolerance_reason']}),
 {'pass' if e2e['passed'] else 'FAIL'}.
-
+{merge_line}
 ## Run it
-    genops generate --bundle <this folder> --prompt "a red circle at the top left" --out x.png [--backend torch]
-    genops serve --bundle <this folder>
+{run_it}
 
 Backends: ONNX Runtime (CUDA provider when active, else CPU) or PyTorch ({manifest['pytorch']['attention_processor']}).
 Image sides offered: {manifest['serving']['allowed_sides']}. Limitations: a demo-scale model trained on synthetic

@@ -229,10 +229,14 @@ def load_sampler(bundle_dir: str | Path, backend: Backend = "onnx", device: str 
     from diffusers import DDPMScheduler
     from transformers import PreTrainedTokenizerFast
 
-    from serving.bundle import verify_bundle
+    from serving.bundle import BundleError, verify_bundle
 
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir) if verify else json.loads((bundle_dir / "manifest.json").read_text())
+    if manifest["family"] != "sd_base":
+        raise BundleError(f"{bundle_dir} is a {manifest['family']} bundle: the production sampler runs sd_base bundles; "
+                         "the other families' ONNX graphs, their inputs and the host-side steps are listed in its "
+                         "manifest.json (onnx.io, serving.host_side)")
     layout = manifest["layout"]
     # tokenizer.json only: PreTrainedTokenizerFast reads JSON, nothing pickled
     tokenizer = PreTrainedTokenizerFast.from_pretrained(bundle_dir / layout["tokenizer"])

@@ -14,7 +14,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def export(
-    model: str = typer.Argument(..., help="Model family to export: sd_base."),
+    model: str = typer.Argument(..., help="What to export, by recipe name: sd_base, paradiffusion_stage1/2/3, vlad, "
+                                          "minigpt5_stage1/2 (registered as genops-sd-base, genops-vlad, ...)."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write (replaced whole, atomically)."),
     alias: str = typer.Option("champion", help="Registry alias of the version to export (ignored with --version)."),
     version: int | None = typer.Option(None, help="Registered version number to export instead of an alias."),

@@ -93,6 +93,30 @@ def export_sd_base(model_dir: Path, out: Path, e2e_steps: int = 4) -> dict[str, 
     }
 
 
+def export_paradiffusion(model_dir: Path, out: Path, e2e_steps: int = 4) -> dict[str, Any]:
+    from serving.export.paradiffusion import export
+
+    return export(model_dir, out, e2e_steps=e2e_steps)
+
+
+def export_vlad(model_dir: Path, out: Path, e2e_steps: int = 4) -> dict[str, Any]:
+    from serving.export.vlad import export
+
+    return export(model_dir, out, e2e_steps=e2e_steps)
+
+
+def export_minigpt5(model_dir: Path, out: Path, e2e_steps: int = 4) -> dict[str, Any]:
+    from serving.export.minigpt5 import export
+
+    return export(model_dir, out, e2e_steps=e2e_steps)
+
+
+PARADIFFUSION = ("ParaDiffusion (Wu et al. 2023), paragraph-to-image: a Llama paragraph encoder ({}) whose "
+                 "last hidden states, with their padding mask, condition a cross-attention UNet over the shared "
+                 "VAE's latents; DPM-Solver++ with classifier-free guidance.")
+MINIGPT5 = ("MiniGPT-5 (Zheng et al.), interleaved text and images: an LLM with generative vokens narrates (PyTorch) "
+            "and its voken states go through the feature mapper (eq. 2) into the frozen sd_base generator{}.")
+
 FAMILIES: dict[str, FamilyExporter] = {
     "sd_base": FamilyExporter(
         registered_model="genops-sd-base",
@@ -101,4 +125,25 @@ FAMILIES: dict[str, FamilyExporter] = {
                     "guidance.",
         export=export_sd_base,
     ),
+    "paradiffusion_stage1": FamilyExporter(
+        "genops-paradiffusion-stage1", PARADIFFUSION.format("frozen, no adapter; stage 1"), export_paradiffusion),
+    "paradiffusion_stage2": FamilyExporter(
+        "genops-paradiffusion-stage2", PARADIFFUSION.format("LoRA on q_proj/v_proj, merged in the ONNX graph; stage 2"),
+        export_paradiffusion),
+    "paradiffusion_stage3": FamilyExporter(
+        "genops-paradiffusion-stage3", PARADIFFUSION.format("LoRA on q_proj/v_proj, merged in the ONNX graph; "
+                                                            "stage 3, fine-tuned on the small aesthetic set"),
+        export_paradiffusion),
+    "vlad": FamilyExporter(
+        registered_model="genops-vlad",
+        description="VLAD, text-rich image generation: a CLIP-style LVLM with LoRA (merged in the ONNX graph) and "
+                    "the Contextual Composition Module condition a Text Layout Generator and a visual-feature "
+                    "UNet over Concat(x_t, layout) in the shared VAE's latents.",
+        export=export_vlad,
+    ),
+    "minigpt5_stage1": FamilyExporter("genops-minigpt5-stage1", MINIGPT5.format(" (stage 1: unimodal alignment)"),
+                                      export_minigpt5),
+    "minigpt5_stage2": FamilyExporter("genops-minigpt5-stage2",
+                                      MINIGPT5.format(" (stage 2: multimodal learning, LLM LoRA merged at save)"),
+                                      export_minigpt5),
 }
