@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,40 @@ class StageOutput:
     md5: str
     size: int | None
     nfiles: int | None
+
+
+class DvcRemoteError(RuntimeError):
+    """`dvc push` could not use its remote; the data is still in the local cache."""
+
+
+@dataclass(frozen=True)
+class DvcRemote:
+    """The remote a push goes to and the config file that defines it."""
+
+    name: str
+    url: str
+    defined_in: Path
+    cache: Path
+
+    def __str__(self) -> str:
+        return f"DVC remote {self.name!r} at {self.url} (`url` of remote {self.name!r} in {self.defined_in})"
+
+    @property
+    def kept(self) -> str:
+        return (f"Nothing was lost: the data stays in the local cache {self.cache}; fix the remote "
+                f"(`dvc remote modify {self.name} url <folder>`) and push again (`dvc push`)")
+
+    def check_local_folder(self) -> None:
+        """A folder remote must exist (or its parent, DVC then creates it) and take a file."""
+        folder = Path(self.url)
+        if not folder.exists() and not folder.parent.is_dir():
+            raise DvcRemoteError(f"{self} does not exist, nor does its parent folder {folder.parent}: an unmounted "
+                                 f"volume or a wrong path. {self.kept}")
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder if folder.exists() else folder.parent, prefix=".genops-probe-"):
+                pass
+        except OSError as exc:
+            raise DvcRemoteError(f"{self} is not writable ({exc.strerror or exc}). {self.kept}") from exc
 
 
 class DvcPipeline:
@@ -77,9 +112,46 @@ class DvcPipeline:
             return ran
 
     def push(self, *stages: str) -> int:
-        """Push the outputs of the named stages to the remote; returns the number of files pushed."""
+        """Push the outputs of the named stages to the remote; returns the number of files pushed.
+
+        A remote that is not configured, not there (a local folder whose parent is missing: an unmounted
+        volume, a typo) or not writable raises `DvcRemoteError` naming the remote, its path and the
+        setting to fix, before anything is written; any other failed upload raises it too. The data
+        stays in the local cache either way, and a later push sends it.
+        """
+        from dvc.exceptions import DvcException
+
         with self._locked() as repo:
-            return repo.push(targets=list(stages) or None, remote=self.remote)
+            remote = self._remote(repo)
+            if "://" not in remote.url:
+                remote.check_local_folder()
+            try:
+                return repo.push(targets=list(stages) or None, remote=remote.name)
+            except (DvcException, OSError) as exc:  # DVC lets some I/O errors of the remote through unwrapped
+                raise DvcRemoteError(f"dvc push to {remote} failed: {type(exc).__name__}: {exc}. {remote.kept}") from exc
+
+    def _remote(self, repo) -> DvcRemote:
+        """The remote a push goes to, with where it is configured; raises naming the setting when there is none."""
+        config_file = self.root / ".dvc" / "config"
+        cache = Path(repo.cache.local.path)
+        name = self.remote or repo.config["core"].get("remote")
+        chosen_by = "GENOPS_DVC_REMOTE (the DvcResource's `remote`)" if self.remote else f"core.remote in {config_file}"
+        if not name:
+            raise DvcRemoteError(
+                f"dvc push: no DVC remote configured (core.remote in {config_file} is unset and GENOPS_DVC_REMOTE "
+                f"names none); add one with `dvc remote add -d <name> <url>`. Nothing was pushed; the data stays in "
+                f"the local cache {cache}"
+            )
+        remotes = repo.config.get("remote", {})
+        if name not in remotes:
+            raise DvcRemoteError(
+                f"dvc push: DVC remote {name!r}, chosen by {chosen_by}, is not defined in {config_file} (remotes "
+                f"there: {', '.join(sorted(remotes)) or 'none'}); define it with `dvc remote add {name} <url>` or "
+                f"choose another. Nothing was pushed; the data stays in the local cache {cache}"
+            )
+        defined_in = next((Path(repo.config.files[level]) for level in ("local", "repo", "global", "system")
+                           if name in repo.config.load_one(level).get("remote", {})), config_file)
+        return DvcRemote(name=name, url=str(remotes[name]["url"]), defined_in=defined_in, cache=cache)
 
     def status(self, *stages: str) -> dict:
         """`dvc status` of the named stages (empty dict: up to date)."""

@@ -255,7 +255,10 @@ def launch(
         version = register_model(cfg.tracking, run_id, model_dir, module.pyfunc_model(), metrics)
         finish_run(cfg.tracking, run_id)
     except BaseException as exc:
-        finish_run(cfg.tracking, run_id, exc)
+        try:
+            finish_run(cfg.tracking, run_id, exc)
+        except Exception as close_error:  # noqa: BLE001 - an unreachable tracking server must not hide why the job failed
+            log.error("could not mark MLflow run %s FAILED (%s): it stays RUNNING until a relaunch", run_id, close_error)
         if isinstance(exc, (KeyboardInterrupt, GPUUnavailableError, TrainingFailed)):
             raise
         raise TrainingFailed(f"training job {run_name!r} (recipe {recipe}) failed; MLflow run {run_id} marked FAILED: {exc}") from exc

@@ -8,12 +8,16 @@ grouped in one experiment per model family; a sweep's runs are nested under a pa
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import subprocess
+import tempfile
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,9 @@ class TrackingConfig:
     """Commit of the code that ran (the launcher fills it in)."""
     profile: str | None = None
     """Config profile (tiny, demo, paper)."""
+    outage_timeout_s: float = 900.0
+    """How long rank 0 waits at a checkpoint for an unreachable tracking server before failing the job
+    (what was not sent is then kept in a JSONL file the error names)."""
 
 
 def git_commit(root: Path) -> str:
@@ -186,36 +193,207 @@ class ProgressWatcher:
             self._thread.join(timeout=5)
 
 
-class RunLogger:
-    """Per-worker logging into the job's run: a real client on rank 0, nothing on other ranks."""
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable longer than `tracking.outage_timeout_s`."""
 
-    def __init__(self, cfg: TrackingConfig, rank: int):
+
+class RunLogger:
+    """Per-worker logging into the job's run: rank 0 logs, other ranks do nothing.
+
+    Rank 0 never waits on MLflow while it trains: each call queues a record, and a background thread
+    sends the records in order, retrying while the tracking server is unreachable (a restarted
+    `mlflow server`, a network blip). `flush()` waits until MLflow holds everything queued; the worker
+    calls it before reporting each checkpoint, so a checkpoint never covers steps MLflow lacks. If the
+    server stays unreachable for `outage_timeout_s`, flush writes what was not sent to
+    `<spool_dir>/unsent_tracking.jsonl` (images beside it) and raises naming that file.
+
+    `resumed(step)`: this attempt restarted from the checkpoint of `step` (a killed worker, a relaunch).
+    The run records it (metric `restarts`, `resumed_from_step`), and steps a previous attempt already
+    logged are not logged again, so every metric holds each step once.
+    """
+
+    def __init__(self, cfg: TrackingConfig, rank: int, spool_dir: Path | None = None, retry_interval: float = 1.0):
         self.enabled = rank == 0 and cfg.run_id is not None
         self.run_id = cfg.run_id
+        self.tracking_uri = cfg.tracking_uri
+        self.outage_timeout_s = cfg.outage_timeout_s
+        self.retry_interval = retry_interval
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
         self.client = _client(cfg.tracking_uri) if self.enabled else None
+        self._pending: collections.deque[tuple] = collections.deque()
+        self._lock = threading.Condition()
+        self._logged: dict[str, set[int]] = {}  # steps earlier attempts logged, by metric (after a resume)
+        self._sending_since: float | None = None  # when the oldest unsent record was first tried
+        self._outage = False
+        self._last_error: BaseException | None = None
+        self._fatal: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
     def metrics(self, values: dict[str, float], step: int) -> None:
-        if not self.enabled:
-            return
-        import mlflow
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[mlflow.entities.Metric(k, float(v), now, step) for k, v in values.items()]
-        )
+        self._queue(("metrics", {k: float(v) for k, v in values.items()}, step, int(time.time() * 1000)))
 
     def image(self, image, artifact_file: str) -> None:
         """Log a PIL image (e.g. a sample grid) as a PNG artifact."""
-        if self.enabled:
-            self.client.log_image(self.run_id, image, artifact_file)
+        self._queue(("image", image.copy(), artifact_file))
 
     def text(self, text: str, artifact_file: str) -> None:
-        if self.enabled:
-            self.client.log_text(self.run_id, text, artifact_file)
+        self._queue(("text", text, artifact_file))
 
     def artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        """Upload a folder now (after everything queued before it): the caller may delete it afterwards."""
         if self.enabled:
+            self.flush()
             self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def resumed(self, step: int) -> None:
+        self._queue(("resumed", step))
+
+    def flush(self) -> None:
+        """Wait until MLflow holds every queued record; see the class docstring for an outage."""
+        if not self.enabled:
+            return
+        with self._lock:
+            while self._pending and self._fatal is None:
+                since = self._sending_since
+                if since is not None and time.monotonic() - since > self.outage_timeout_s:
+                    self._fatal = TrackingUnavailable(
+                        f"MLflow at {self.tracking_uri} unreachable for over {self.outage_timeout_s:g}s "
+                        f"(tracking.outage_timeout_s; last error: {self._last_error}); {len(self._pending)} "
+                        f"records of run {self.run_id} not confirmed sent are kept in {self._spool(list(self._pending))}"
+                    )
+                    self._pending.clear()
+                    break
+                self._lock.wait(timeout=1.0)
+            if self._fatal is not None:
+                raise self._fatal
+
+    def _queue(self, record: tuple) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._fatal is not None:
+                raise self._fatal
+            self._pending.append(record)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._send_forever, name="genops-mlflow-sender", daemon=True)
+                self._thread.start()
+            self._lock.notify_all()
+
+    def _send_forever(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._lock.wait()
+                record = self._pending[0]
+                if self._sending_since is None:
+                    self._sending_since = time.monotonic()
+            try:
+                self._check_reachable()
+                self._send(record)
+            except Exception as exc:  # noqa: BLE001 - kept and retried; flush() gives up after the timeout
+                with self._lock:
+                    self._last_error = exc
+                    if not _retryable(exc):
+                        self._fatal = RuntimeError(f"MLflow at {self.tracking_uri} refused a record of run {self.run_id}: {exc}")
+                        self._fatal.__cause__ = exc
+                        self._pending.clear()
+                        self._lock.notify_all()
+                        continue
+                    if not self._outage:
+                        self._outage = True
+                        log.warning("MLflow at %s unreachable (%s): training goes on, its records are kept and resent",
+                                    self.tracking_uri, exc)
+                time.sleep(self.retry_interval)
+                continue
+            with self._lock:
+                if self._outage:
+                    log.warning("MLflow at %s reachable again after %.0fs: sent what was kept",
+                                self.tracking_uri, time.monotonic() - self._sending_since)
+                if self._pending and self._pending[0] is record:
+                    self._pending.popleft()
+                self._sending_since, self._outage = None, False
+                self._lock.notify_all()
+
+    def _check_reachable(self) -> None:
+        """Ask a tracking server's /health first: MLflow's client would otherwise retry a refused
+        connection itself for minutes (exponential back-off) before raising, hiding the outage."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        try:
+            urllib.request.urlopen(f"{self.tracking_uri.rstrip('/')}/health", timeout=10).close()
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError as exc:
+            raise ConnectionError(f"no answer from {self.tracking_uri}/health ({exc})") from exc
+
+    def _send(self, record: tuple) -> None:
+        import mlflow
+
+        kind = record[0]
+        if kind == "metrics":
+            _, values, step, timestamp = record
+            fresh = {k: v for k, v in values.items() if step not in self._logged.get(k, ())}
+            if fresh:
+                self.client.log_batch(
+                    self.run_id, metrics=[mlflow.entities.Metric(k, v, timestamp, step) for k, v in fresh.items()]
+                )
+        elif kind == "image":
+            self.client.log_image(self.run_id, record[1], record[2])
+        elif kind == "text":
+            self.client.log_text(self.run_id, record[1], record[2])
+        elif kind == "resumed":
+            self._resume(record[1])
+
+    def _resume(self, step: int) -> None:
+        """Note the restart in the run and remember the steps an earlier attempt already logged."""
+        import mlflow
+
+        logged = {
+            key: {m.step for m in self.client.get_metric_history(self.run_id, key)}
+            for key in self.client.get_run(self.run_id).data.metrics
+        }
+        restarts = max((m.value for m in self.client.get_metric_history(self.run_id, "restarts")), default=0) + 1
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            mlflow.entities.Metric("restarts", restarts, now, step),
+            mlflow.entities.Metric("resumed_from_step", step, now, step),
+        ])
+        self._logged = {k: v for k, v in logged.items() if k not in ("restarts", "resumed_from_step")}
+        log.warning("restart %d of run %s from step %d; %d metrics already hold later steps", int(restarts),
+                    self.run_id, step, sum(1 for steps in self._logged.values() if any(s > step for s in steps)))
+
+    def _spool(self, records: list[tuple]) -> Path:
+        """Write unsent records to `<spool_dir>/unsent_tracking.jsonl` (images as PNGs beside it)."""
+        folder = self.spool_dir or Path(tempfile.mkdtemp(prefix="genops-unsent-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "unsent_tracking.jsonl"
+        with path.open("a") as out:
+            for record in records:
+                kind = record[0]
+                row: dict[str, Any] = {"run_id": self.run_id, "kind": kind}
+                if kind == "metrics":
+                    row.update(metrics=record[1], step=record[2], timestamp=record[3])
+                elif kind == "image":
+                    image_path = folder / record[2].replace("/", "__")
+                    record[1].save(image_path)
+                    row.update(artifact_file=record[2], local_file=str(image_path))
+                elif kind == "text":
+                    row.update(artifact_file=record[2], text=record[1])
+                else:
+                    row.update(step=record[1])
+                out.write(json.dumps(row) + "\n")
+        return path
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether a failed MLflow call may succeed later: the server unreachable or failing (5xx, 429, a
+    locked SQLite file), not a request MLflow rejected (4xx: a bad value, an unknown run)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    return True
 
 
 def model_code_file(pyfunc_model: Any, directory: Path) -> Path:

@@ -56,7 +56,8 @@ def worker_context(tracking: TrackingConfig, storage_path: str | None = None, ru
     if storage_path and run_name and "://" not in storage_path:
         scratch = Path(storage_path) / run_name / SCRATCH_DIR
         scratch.mkdir(parents=True, exist_ok=True)
-    return WorkerContext(rank=rank, world_size=world, device=device, log=RunLogger(tracking, rank), scratch=scratch)
+    spool = Path(storage_path) / run_name if scratch is not None else None
+    return WorkerContext(rank=rank, world_size=world, device=device, log=RunLogger(tracking, rank, spool), scratch=scratch)
 
 
 def prepare_model(model: nn.Module) -> nn.Module:
@@ -84,10 +85,12 @@ def report(ctx: WorkerContext, metrics: dict[str, float], write_checkpoint: Call
 
     Ray Train copies the folder into the run's storage and then deletes the staged copy; in local
     mode (num_workers=0) nothing is copied and the staged folder is what the result points at (the
-    launcher removes the staging folder when the job ends).
+    launcher removes the staging folder when the job ends). Rank 0 first waits until MLflow holds
+    everything it logged (`RunLogger.flush`), so a checkpoint never covers steps the run lacks.
     """
     import ray.train
 
+    ctx.log.flush()
     checkpoint = None
     if write_checkpoint is not None and ctx.is_main:
         path = Path(tempfile.mkdtemp(prefix="checkpoint-", dir=ctx.scratch))
@@ -99,13 +102,14 @@ def report(ctx: WorkerContext, metrics: dict[str, float], write_checkpoint: Call
 def resume_step(ctx: WorkerContext, model: nn.Module, optimizer, scheduler, ema, extra=None) -> int:
     """Restore the latest checkpoint of a relaunched job into these objects; the step to start from (0 if new).
 
-    A resumed job says so in its run: metric `resumed_from_step`.
+    A resumed job (relaunched, or restarted by Ray Train after a worker died) says so in its run:
+    metrics `resumed_from_step` and `restarts`; see `RunLogger.resumed`.
     """
     with resume_checkpoint() as checkpoint:
         if checkpoint is None:
             return 0
         step = TrainState.load(checkpoint, model, optimizer, scheduler, ema, extra)
-    ctx.log.metrics({"resumed_from_step": step}, step)
+    ctx.log.resumed(step)
     return step
 
 

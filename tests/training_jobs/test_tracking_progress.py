@@ -19,6 +19,7 @@ def test_progress_line_reports_latest_step_loss_throughput_and_eta(tmp_path):
     assert watcher.line() is None  # nothing logged yet
 
     logger.metrics({"train/loss": 0.5, "train/samples_per_s": 12.0, "train/lr": 1e-3}, 25)
+    logger.flush()
     first = watcher.line()
     assert first.startswith("[vae] step 25/100 (25%)")
     assert "loss 0.5000" in first and "12.0 samples/s" in first
@@ -27,6 +28,7 @@ def test_progress_line_reports_latest_step_loss_throughput_and_eta(tmp_path):
 
     time.sleep(0.05)
     logger.metrics({"train/loss": 0.25, "train/samples_per_s": 14.0, "train/lr": 9e-4}, 50)
+    logger.flush()
     second = watcher.line()
     assert "step 50/100 (50%)" in second and "loss 0.2500" in second and "ETA" in second
 
