@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -53,6 +54,9 @@ def test_genops_ui_serves_both_uis_and_stops_them_on_ctrl_c(tmp_path):
             if not line and process.poll() is not None:
                 break
             lines.append(line.strip())
+        # Keep reading, as a terminal does: the servers inherit this pipe, and once their logs fill its
+        # 64 KiB buffer every writer blocks, genops ui's own "stopping" line included.
+        threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
         assert f"Dagster UI: http://127.0.0.1:{dagster_port}" in lines, lines
         assert f"MLflow UI:  http://127.0.0.1:{mlflow_port}" in lines, lines
         assert urllib.request.urlopen(f"http://127.0.0.1:{dagster_port}/server_info", timeout=10).status == 200
