@@ -186,6 +186,7 @@ VLAD_EVALUATION = register_evaluation(EvaluationSpec(
     benchmark_dataset="mario_eval",
     benchmark_split="prompts",
     benchmark_size={"tiny": 4, "demo": 24, "paper": 5000},
+    benchmark_rows=mario_eval_rows,  # mario_eval is a prompts.jsonl file, not split shards
     score=score_vlad,
     columns=tuple(Column(key, header, key != "fid") for key, header in (
         ("fid", "FID (CLIP)"), ("clip_score", "CLIP Score"), ("ocr_accuracy", "OCR Acc."),

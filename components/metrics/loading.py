@@ -18,6 +18,8 @@ ImageLike = Image.Image | str | Path
 # Written by `components/models/clip_evaluator.py` beside a genops-trained evaluator CLIP, which
 # preprocesses as OpenAI CLIP does (bicubic resize to the tower's size, CLIP mean/std).
 GENOPS_CLIP_CONFIG = "genops_clip_evaluator.json"
+# clip_base subclasses the evaluator (same towers, same OpenAI CLIP preprocessing), its folders carry this file.
+GENOPS_CLIP_BASE_CONFIG = "genops_clip_base.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -40,8 +42,8 @@ def load_clip_image_processor(path: Path, image_size: int):
 
     if (path / "preprocessor_config.json").is_file():
         return CLIPImageProcessorPil.from_pretrained(path)
-    if (path / GENOPS_CLIP_CONFIG).is_file():
-        logger.info("%s is a genops clip_evaluator: OpenAI CLIP preprocessing at %d px", path, image_size)
+    if (path / GENOPS_CLIP_CONFIG).is_file() or (path / GENOPS_CLIP_BASE_CONFIG).is_file():
+        logger.info("%s is a genops CLIP folder: OpenAI CLIP preprocessing at %d px", path, image_size)
         return CLIPImageProcessorPil(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
