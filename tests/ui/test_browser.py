@@ -148,11 +148,18 @@ def test_dagster_materializes_a_data_asset_and_shows_its_dvc_metadata(dagster, p
     page.get_by_text(re.compile(r"Launched run")).wait_for()
     shot(page, "dagster-run-launched")
     deadline = time.monotonic() + RUN_S
+    materialized = page.get_by_text("dataset_version", exact=True)
     while True:  # the asset page does not push the new materialization: reload it, as a person would
         page.wait_for_timeout(5_000)
         page.reload()
-        if page.get_by_text("dataset_version", exact=True).count():
+        # A loaded server paints skeletons for seconds, and right after the run the page can show the new
+        # materialization with "No metadata found" until a later load: give each load time to fill in.
+        page.get_by_text("Latest materialization").wait_for()
+        try:
+            materialized.wait_for(timeout=20_000)
             break
+        except PlaywrightTimeout:
+            pass
         assert time.monotonic() < deadline, f"no materialization of synthetic_world within {RUN_S}s"
     lock = yaml.safe_load((dagster["root"] / "dvc.lock").read_text())["stages"]
     md5 = lock["generate"]["outs"][0]["md5"]
