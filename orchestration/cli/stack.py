@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,6 +122,10 @@ def ui(port: int = typer.Option(3000, help="Port of the Dagster webserver."),
     (root / "mlflow" / "store" / "artifacts").mkdir(parents=True, exist_ok=True)
     stack = UiStack(ui_commands(port, mlflow_port, local_mlflow_uri(root), root / "mlflow" / "store" / "artifacts", host))
     urls = {"dagster": f"http://{host}:{port}", "mlflow": f"http://{host}:{mlflow_port}"}
+    # Ctrl-C and `kill` stop both servers even when genops ui was started in the background of a script, where
+    # the shell leaves SIGINT ignored and Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     stack.start()
     try:
         typer.echo(f"genops ui: starting Dagster (DAGSTER_HOME={home}) and MLflow ({local_mlflow_uri(root)})")

@@ -140,7 +140,7 @@ class MlflowServer:
         self.log = folder / "server.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = 240) -> None:
         with self.log.open("a") as out:
             self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
