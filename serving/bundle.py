@@ -92,6 +92,8 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_card(manifest: dict[str, Any]) -> str:
+    from serving.sampler import SAMPLER_FAMILIES
+
     reg = manifest["registry"]
     parity = manifest["parity"]
     graph_rows = "\n".join(
@@ -103,9 +105,10 @@ def model_card(manifest: dict[str, Any]) -> str:
                   f"{merge['unchanged_weights']} others identical; merged vs adapted output max abs diff "
                   f"{merge['output_max_abs_diff']:.2e}.\n" if isinstance(merge, dict) else "")
     run_it = ("""    genops generate --bundle <this folder> --prompt "a red circle at the top left" --out x.png [--backend torch]
-    genops serve --bundle <this folder>""" if manifest["family"] == "sd_base" else
-              "    The production sampler and service run sd_base bundles. This bundle's ONNX graphs, their named inputs\n"
-              "    and dynamic axes are in manifest.json (onnx.io); what stays on the host: serving.host_side.")
+    genops serve --bundle <this folder>""" if manifest["family"] in SAMPLER_FAMILIES else
+              f"    The production sampler and service run {', '.join(SAMPLER_FAMILIES)} bundles. This bundle's ONNX\n"
+              "    graphs, their named inputs and dynamic axes are in manifest.json (onnx.io); what stays on the host:\n"
+              "    serving.host_side.")
     metrics = "\n".join(f"- {k}: {v}" for k, v in sorted(manifest.get("metrics", {}).items())) or "- (none logged)"
     return f"""# {reg['model']} version {reg['version']} ({manifest['family']})
 

@@ -164,8 +164,8 @@ class ImageService:
         for name in ("prompt", "negative_prompt"):
             tokens = self.sampler.token_count(getattr(req, name))
             if tokens > spec.max_length:
-                raise field_error(name, f"{name} is {tokens} tokens with <bos>/<eos>; the model reads at most "
-                                        f"{spec.max_length}", getattr(req, name))
+                raise field_error(name, f"{name} is {tokens} tokens with {self.sampler.special_tokens}; the model "
+                                        f"reads at most {spec.max_length}", getattr(req, name))
         guidance = req.guidance if req.guidance is not None else spec.guidance_scale
         return steps, guidance, size
 

@@ -1,30 +1,43 @@
-"""The production sampler: one interface over two backends, ONNX Runtime and PyTorch.
+"""The production sampler: one interface over two backends, ONNX Runtime and PyTorch, for sd_base and
+ParaDiffusion bundles.
 
     sampler = load_sampler(bundle_dir, backend="onnx")        # verifies the bundle's checksums first
     images = sampler.generate(["a red circle"], seed=0)        # list of PIL images
 
-Both backends share everything except the three model calls (text encoder, UNet, VAE decoder):
-tokenization (`tokenize_captions`), the sampling scheduler (`make_sampling_scheduler`) and the guided
-reverse loop (`components.diffusion.sample`), so from the same initial noise they differ only by the
-graphs' floating-point differences.
+Both backends share everything except the three model calls (text encoder, UNet, VAE decoder): the
+host-side text (`CaptionConditioning` or `ParagraphConditioning`), the sampling scheduler
+(`make_sampling_scheduler`) and the guided reverse loop (`components.diffusion.sample`), so from the same
+initial noise they differ only by the graphs' floating-point differences.
 
 - `OnnxBackend`: one onnxruntime session per graph, created once. The CUDA execution provider is
   requested when onnxruntime offers it, and then *checked* with `session.get_providers()` (a CUDA build
   without a usable driver silently falls back to CPU); the log says which one each session runs on.
   Every call goes through IO binding (inputs bound from host memory, outputs allocated by the session
   on its device) so onnxruntime does not re-allocate or copy outputs through Python lists.
-- `TorchBackend`: the bundle's safetensors weights; on CUDA the UNet's attention runs through the Triton
-  kernel (`serving.kernels.attention_processor.TritonAttnProcessor`), elsewhere through PyTorch SDPA.
+- `TorchBackend`: the bundle's safetensors weights; on CUDA sd_base's UNet attention runs through the Triton
+  kernel (`serving.kernels.attention_processor.TritonAttnProcessor`), elsewhere (and for ParaDiffusion, whose
+  cross-attention is masked, on every device) through PyTorch SDPA.
+
+Families (`load_sampler` reads the manifest's `family`):
+- sd_base: CLIP tokens padded to the text encoder's positions; the sampling settings are the bundle's
+  sampler.json.
+- paradiffusion_stage1/2/3: the Llama paragraph encoder with its LoRA merged. Tokenization is
+  `ParaDiffusion.tokenize`'s (<s> + text, right padding to max_tokens or to the batch's longest text), with the
+  negative prompts and the prompts in one batch so both contexts have one length; the padding mask travels
+  beside the states as the context's last channel (`ParaDiffusion.encode_text`'s packing) and the UNet takes it
+  as its own input: the computation of `serving.export.paradiffusion.onnx_images`. The sampling settings come
+  from the model's config, the VAE's config and the manifest's `serving` section (`paradiffusion_spec`).
+- vlad, minigpt5_stage1/2: refused with a BundleError saying why (`UNSUPPORTED_FAMILIES`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,11 +50,27 @@ from components.models.clip_evaluator import tokenize_captions
 logger = logging.getLogger(__name__)
 
 Backend = Literal["onnx", "torch"]
+Family = Literal["sd_base", "paradiffusion"]
+
+# manifest family -> the sampler family that runs it
+SAMPLER_FAMILIES: dict[str, Family] = {"sd_base": "sd_base", "paradiffusion_stage1": "paradiffusion",
+                                       "paradiffusion_stage2": "paradiffusion", "paradiffusion_stage3": "paradiffusion"}
+MINIGPT5_UNSUPPORTED = ("its images are conditioned on the LLM's voken states, and the LLM stays in PyTorch (an "
+                        "autoregressive narration loop, manifest onnx.not_exported): its ONNX graphs start from voken "
+                        "states, not from a prompt")
+# manifest family -> why the sampler does not run it
+UNSUPPORTED_FAMILIES = {
+    "vlad": "its UNet (vfe_unet) denoises Concat(x_t, layout) with a layout the Text Layout Generator graph (tlg) "
+            "draws first, and its text graph takes prompt units decomposed on the host (decompose_prompt), so its "
+            "pipeline has four graphs and inputs the text encoder -> UNet -> VAE decoder loop does not make",
+    "minigpt5_stage1": MINIGPT5_UNSUPPORTED,
+    "minigpt5_stage2": MINIGPT5_UNSUPPORTED,
+}
 
 
 @dataclass
 class SamplingSpec:
-    """What every backend needs besides its weights, read from the bundle's sampler.json."""
+    """What every backend needs besides its weights: sd_base's sampler.json, or `paradiffusion_spec`."""
 
     latent_channels: int
     latent_side: int  # at the trained image side
@@ -60,8 +89,10 @@ class SamplingSpec:
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, onnx_dir: Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, onnx_dir: Path, device: str = "auto", threads: int | None = None, family: Family = "sd_base"):
         import onnxruntime as ort
+
+        from serving.bundle import BundleError
 
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
@@ -92,6 +123,11 @@ class OnnxBackend:
             logger.warning("onnxruntime: CUDAExecutionProvider was requested but is not active (sessions run on %s); "
                            "running on CPU", active)
         logger.info("onnxruntime sessions on %s (providers per session: %s)", self.device.upper(), active)
+        self.family = family
+        unet_inputs = [i.name for i in self.sessions["unet"].get_inputs()]
+        if family == "paradiffusion" and "encoder_attention_mask" not in unet_inputs:
+            raise BundleError(f"{onnx_dir / 'unet.onnx'} takes {unet_inputs}: a paradiffusion UNet graph takes the "
+                              "padding mask as its input encoder_attention_mask")
 
     def _run(self, name: str, **inputs: np.ndarray) -> np.ndarray:
         session = self.sessions[name]
@@ -107,6 +143,12 @@ class OnnxBackend:
                                           attention_mask=attention_mask.numpy().astype(np.int64)))
 
     def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.family == "paradiffusion":
+            states, mask = cond[..., :-1], cond[..., -1]  # (B, L, D), (B, L) 1 keep / 0 padding: the packed context
+            return torch.from_numpy(self._run("unet", sample=latents.numpy().astype(np.float32),
+                                              timestep=t.numpy().astype(np.int64),
+                                              encoder_hidden_states=states.numpy().astype(np.float32),
+                                              encoder_attention_mask=mask.numpy().astype(np.float32)))
         return torch.from_numpy(self._run("unet", sample=latents.numpy().astype(np.float32),
                                           timestep=t.numpy().astype(np.int64),
                                           encoder_hidden_states=cond.numpy().astype(np.float32)))
@@ -118,18 +160,33 @@ class OnnxBackend:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, pytorch_dir: Path, device: str = "auto"):
+    def __init__(self, pytorch_dir: Path, device: str = "auto", family: Family = "sd_base"):
         from components.models.autoencoder import load_autoencoder
-        from components.models.sd_base import SDBase
 
         cuda = device in ("auto", "cuda") and torch.cuda.is_available()
         if device == "cuda" and not cuda:
             raise RuntimeError("--device cuda: torch sees no CUDA device")
         self.device = torch.device("cuda" if cuda else "cpu")
-        sd = SDBase.from_pretrained(pytorch_dir).eval().to(self.device)
+        self.family = family
+        if family == "paradiffusion":
+            from components.models.paradiffusion import ParaDiffusion
+
+            model = ParaDiffusion.from_pretrained(pytorch_dir).eval()
+            model.merge_lora()  # W + alpha/r B A, the weights of the ONNX text encoder
+            model = model.to(self.device)
+        else:
+            from components.models.sd_base import SDBase
+
+            model = SDBase.from_pretrained(pytorch_dir).eval().to(self.device)
         self.vae = load_autoencoder(pytorch_dir / "vae").eval().to(self.device)
-        self.text_encoder, self.unet = sd.text_encoder, sd.unet
-        if cuda:
+        self.text_encoder, self.unet = model.text_encoder, model.unet
+        if family == "paradiffusion":
+            # every cross-attention is masked, which the Triton kernel leaves to SDPA (manifest pytorch.attention_processor)
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            self.unet.set_attn_processor(AttnProcessor2_0())
+            self.attention = "sdpa"
+        elif cuda:
             from serving.kernels.attention_processor import TritonAttnProcessor
 
             self.unet.set_attn_processor(TritonAttnProcessor())
@@ -148,6 +205,11 @@ class TorchBackend:
 
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.family == "paradiffusion":
+            states, mask = cond[..., :-1], cond[..., -1]  # (B, L, D), (B, L): the packed context, as ParaDiffusion.denoise
+            out = self.unet(latents.to(self.device), t.to(self.device), encoder_hidden_states=states.to(self.device),
+                            encoder_attention_mask=mask.to(self.device), return_dict=False)[0]
+            return out.float().cpu()
         out = self.unet(latents.to(self.device), t.to(self.device), encoder_hidden_states=cond.to(self.device),
                         return_dict=False)[0]
         return out.float().cpu()
@@ -159,15 +221,90 @@ class TorchBackend:
         return decode_latents(self.vae, latents.to(self.device)).float().cpu()
 
 
-class Sampler:
-    """Prompts -> images on one backend; the scheduler and the guided loop are shared."""
+class CaptionConditioning:
+    """sd_base's text side: CLIP tokens padded to the text encoder's positions (`tokenize_captions`).
 
-    def __init__(self, backend: OnnxBackend | TorchBackend, tokenizer, noise_scheduler, spec: SamplingSpec):
-        self.backend = backend
+    A negative prompt's conditioning is cached: almost every request uses the empty one.
+    """
+
+    special_tokens = "<bos>/<eos>"
+
+    def __init__(self, tokenizer, max_length: int, encode_text: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
         self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.encode_text = encode_text
+        self._negative_cache: dict[str, torch.Tensor] = {}
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids, mask = tokenize_captions(self.tokenizer, list(prompts), self.max_length)
+        return self.encode_text(ids, mask)
+
+    def encode_negative(self, prompt: str) -> torch.Tensor:
+        """(1, L, D) conditioning of a negative prompt, cached."""
+        if prompt not in self._negative_cache:
+            if len(self._negative_cache) >= 64:
+                self._negative_cache.pop(next(iter(self._negative_cache)))
+            self._negative_cache[prompt] = self.encode([prompt])
+        return self._negative_cache[prompt]
+
+    def __call__(self, prompts: Sequence[str], negatives: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond (B, L, D), uncond (1 or B, L, D), or None without negatives)."""
+        cond = self.encode(prompts)  # (B, L, D)
+        if negatives is None:
+            return cond, None
+        if len(set(negatives)) == 1:
+            return cond, self.encode_negative(negatives[0])  # (1, L, D)
+        return cond, torch.cat([self.encode_negative(n) for n in negatives])  # (B, L, D)
+
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 2
+
+
+class ParagraphConditioning:
+    """ParaDiffusion's text side: `ParaDiffusion.tokenize` (<s> + text, right padding) of the negative prompts and
+    the prompts in one batch, so both contexts have one length L (with padding "longest" it is the batch's longest
+    text; the padded keys get no weight, so a prompt's image does not depend on that beyond float rounding), and
+    the padding mask packed beside the states as `ParaDiffusion.encode_text` packs it."""
+
+    special_tokens = "<s>"
+
+    def __init__(self, tokenizer, max_tokens: int, padding: Literal["max_length", "longest"],
+                 encode_text: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.padding = padding
+        self.encode_text = encode_text
+
+    def __call__(self, prompts: Sequence[str], negatives: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond (B, L, D + 1), uncond (1 or B, L, D + 1), or None without negatives)."""
+        from components.models.paradiffusion import tokenize_paragraphs
+
+        negatives = [] if negatives is None else list(negatives)[:1] if len(set(negatives)) == 1 else list(negatives)
+        ids, mask = tokenize_paragraphs(self.tokenizer, [*negatives, *prompts], self.max_tokens, self.padding)
+        states = self.encode_text(ids, mask)  # (N + B, L, D)
+        context = torch.cat([states, mask.unsqueeze(-1).to(states.dtype)], dim=-1)  # (N + B, L, D + 1)
+        return context[len(negatives):], context[:len(negatives)] if negatives else None
+
+    def token_count(self, prompt: str) -> int:
+        bos = 1 if self.tokenizer.bos_token_id is not None else 0
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + bos
+
+
+class Sampler:
+    """Prompts -> images on one backend; the text side, the scheduler and the guided loop are shared."""
+
+    def __init__(self, backend: OnnxBackend | TorchBackend, conditioning: CaptionConditioning | ParagraphConditioning,
+                 noise_scheduler, spec: SamplingSpec):
+        self.backend = backend
+        self.conditioning = conditioning
+        self.tokenizer = conditioning.tokenizer
         self.noise_scheduler = noise_scheduler
         self.spec = spec
-        self._negative_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def special_tokens(self) -> str:
+        """The special tokens `token_count` includes, for messages: "<bos>/<eos>" or "<s>"."""
+        return self.conditioning.special_tokens
 
     def initial_noise(self, count: int, seed: int, side: int | None = None) -> torch.Tensor:
         """(count, C, h, w) standard normal noise of one seed: a request's noise does not depend on its batch."""
@@ -175,21 +312,9 @@ class Sampler:
         return torch.randn((count, self.spec.latent_channels, latent_side, latent_side),
                            generator=torch.Generator().manual_seed(seed))
 
-    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        ids, mask = tokenize_captions(self.tokenizer, list(prompts), self.spec.max_length)
-        return self.backend.encode_text(ids, mask)
-
-    def encode_negative(self, prompt: str) -> torch.Tensor:
-        """(1, L, D) conditioning of a negative prompt, cached: almost every request uses the empty one."""
-        if prompt not in self._negative_cache:
-            if len(self._negative_cache) >= 64:
-                self._negative_cache.pop(next(iter(self._negative_cache)))
-            self._negative_cache[prompt] = self.encode([prompt])
-        return self._negative_cache[prompt]
-
     def token_count(self, prompt: str) -> int:
-        """Tokens a prompt takes with <bos>/<eos> (the service refuses prompts over `spec.max_length`)."""
-        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 2
+        """Tokens a prompt takes with its special tokens (the service refuses prompts over `spec.max_length`)."""
+        return self.conditioning.token_count(prompt)
 
     def pixels(
         self,
@@ -203,14 +328,10 @@ class Sampler:
         """Images (B, 3, H, W) in [-1, 1] from the given initial noise (B, C, h, w)."""
         steps = steps or self.spec.num_inference_steps
         guidance_scale = self.spec.guidance_scale if guidance_scale is None else guidance_scale
-        cond = self.encode(prompts)  # (B, L, D)
-        uncond = None
+        negatives = None
         if guidance_scale > 1.0:
-            negative = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
-            if len(set(negative)) == 1:
-                uncond = self.encode_negative(negative[0])  # (1, L, D)
-            else:
-                uncond = torch.cat([self.encode_negative(n) for n in negative])  # (B, L, D)
+            negatives = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
+        cond, uncond = self.conditioning(prompts, negatives)  # (B, L, D'), (1 or B, L, D') or None
         latents = sample(self.backend.denoise, make_sampling_scheduler(self.noise_scheduler, self.spec.sampler),
                          cond, uncond, latent_shape=tuple(noise.shape[1:]), num_inference_steps=steps,
                          guidance_scale=guidance_scale, latents=noise)
@@ -223,6 +344,30 @@ class Sampler:
                                             steps=steps, guidance_scale=guidance_scale))
 
 
+def paradiffusion_spec(bundle_dir: Path, manifest: dict[str, Any]) -> tuple[SamplingSpec, Any]:
+    """(SamplingSpec, ParaDiffusionConfig) of a paradiffusion bundle, which has no sampler.json: the sampler,
+    steps and guidance of the model's config (what `ParaDiffusion.generate` uses), the latent shape of the VAE's
+    config (`latent_shape`), the text length and image sides of the manifest's `serving` section."""
+    from components.config import from_dict
+    from components.models.paradiffusion import GENOPS_CONFIG_FILE, ParaDiffusionConfig
+    from serving.bundle import BundleError
+
+    pytorch_dir = bundle_dir / manifest["layout"]["pytorch"]
+    cfg_file = pytorch_dir / GENOPS_CONFIG_FILE
+    cfg = from_dict(ParaDiffusionConfig, json.loads(cfg_file.read_text()), str(cfg_file))
+    vae = json.loads((pytorch_dir / "vae" / "config.json").read_text())
+    serving = manifest["serving"]
+    if serving["max_prompt_tokens"] != cfg.max_tokens:
+        raise BundleError(f"{bundle_dir}: manifest serving.max_prompt_tokens={serving['max_prompt_tokens']} but "
+                          f"{cfg_file} says max_tokens={cfg.max_tokens}")
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    spec = SamplingSpec(latent_channels=vae["latent_channels"], latent_side=vae["sample_size"] // factor,
+                        vae_factor=factor, max_length=cfg.max_tokens, sampler=cfg.diffusion.sampler,
+                        num_inference_steps=cfg.diffusion.num_inference_steps,
+                        guidance_scale=cfg.diffusion.guidance_scale, allowed_sides=list(serving["allowed_sides"]))
+    return spec, cfg
+
+
 def load_sampler(bundle_dir: str | Path, backend: Backend = "onnx", device: str = "auto", verify: bool = True,
                  threads: int | None = None) -> Sampler:
     """A sampler on a verified bundle (`serving.bundle.verify_bundle` first, unless `verify=False`)."""
@@ -233,19 +378,28 @@ def load_sampler(bundle_dir: str | Path, backend: Backend = "onnx", device: str 
 
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir) if verify else json.loads((bundle_dir / "manifest.json").read_text())
-    if manifest["family"] != "sd_base":
-        raise BundleError(f"{bundle_dir} is a {manifest['family']} bundle: the production sampler runs sd_base bundles; "
-                         "the other families' ONNX graphs, their inputs and the host-side steps are listed in its "
-                         "manifest.json (onnx.io, serving.host_side)")
+    family = SAMPLER_FAMILIES.get(manifest["family"])
+    if family is None:
+        reason = UNSUPPORTED_FAMILIES.get(manifest["family"], "no sampler is written for this family")
+        raise BundleError(f"{bundle_dir} is a {manifest['family']} bundle, which the production sampler does not run: "
+                          f"{reason}. It runs {', '.join(SAMPLER_FAMILIES)} bundles; this bundle's ONNX graphs, their "
+                          "inputs and the host-side steps are listed in its manifest.json (onnx.io, serving.host_side)")
     layout = manifest["layout"]
     # tokenizer.json only: PreTrainedTokenizerFast reads JSON, nothing pickled
     tokenizer = PreTrainedTokenizerFast.from_pretrained(bundle_dir / layout["tokenizer"])
     noise_scheduler = DDPMScheduler.from_pretrained(bundle_dir / layout["scheduler"])
-    spec = SamplingSpec.from_json(bundle_dir / layout["sampler"])
+    if family == "paradiffusion":
+        spec, cfg = paradiffusion_spec(bundle_dir, manifest)
+    else:
+        spec = SamplingSpec.from_json(bundle_dir / layout["sampler"])
     if backend == "onnx":
-        impl = OnnxBackend(bundle_dir / layout["onnx"], device, threads)
+        impl = OnnxBackend(bundle_dir / layout["onnx"], device, threads, family=family)
     elif backend == "torch":
-        impl = TorchBackend(bundle_dir / layout["pytorch"], device)
+        impl = TorchBackend(bundle_dir / layout["pytorch"], device, family=family)
     else:
         raise ValueError(f"--backend must be 'onnx' or 'torch', got {backend!r}")
-    return Sampler(impl, tokenizer, noise_scheduler, spec)
+    if family == "paradiffusion":
+        conditioning = ParagraphConditioning(tokenizer, cfg.max_tokens, cfg.padding, impl.encode_text)
+    else:
+        conditioning = CaptionConditioning(tokenizer, spec.max_length, impl.encode_text)
+    return Sampler(impl, conditioning, noise_scheduler, spec)

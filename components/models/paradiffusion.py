@@ -127,6 +127,22 @@ def base_llm_state_dict(text_encoder: nn.Module) -> dict[str, torch.Tensor]:
     return {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
 
 
+def tokenize_paragraphs(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int,
+                        padding: Literal["max_length", "longest"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (B, L) on the CPU: <s> + text, right-padded to max_tokens or to the
+    batch's longest text (`ParaDiffusionConfig.padding`); the serving sampler tokenizes with this too."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    encoded = [(prefix + ids)[:max_tokens] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    width = max_tokens if padding == "max_length" else max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
 class ParaDiffusion(nn.Module):
     """LLM text encoder (+ LoRA) + UNet + tokenizer; `forward` is the training loss, `generate` samples."""
 
@@ -184,16 +200,7 @@ class ParaDiffusion(nn.Module):
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), each (B, L) with L <= max_tokens: <s> + text, right-padded, truncated."""
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        encoded = [(prefix + ids)[: self.cfg.max_tokens] for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
-        width = self.cfg.max_tokens if self.cfg.padding == "max_length" else max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = tokenize_paragraphs(self.tokenizer, texts, self.cfg.max_tokens, self.cfg.padding)
         device = self.unet.device
         return input_ids.to(device), attention_mask.to(device)
 

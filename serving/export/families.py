@@ -42,7 +42,7 @@ def export_sd_base(model_dir: Path, out: Path, e2e_steps: int = 4) -> dict[str, 
     from components.models.sd_base import SDBase
     from serving.bundle import copy_tree
     from serving.export.sd_base import allowed_sides, graph_specs, vae_factor
-    from serving.sampler import OnnxBackend, Sampler, SamplingSpec, TorchBackend
+    from serving.sampler import CaptionConditioning, OnnxBackend, Sampler, SamplingSpec, TorchBackend
 
     if not (model_dir / "vae" / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no vae/: an sd_base bundle needs the VAE it was trained with")
@@ -68,7 +68,8 @@ def export_sd_base(model_dir: Path, out: Path, e2e_steps: int = 4) -> dict[str, 
 
     # end to end: both backends from the same initial noise
     tokenizer = sd.tokenizer
-    samplers = [Sampler(backend, tokenizer, sd.noise_scheduler, spec)
+    samplers = [Sampler(backend, CaptionConditioning(tokenizer, spec.max_length, backend.encode_text),
+                        sd.noise_scheduler, spec)
                 for backend in (OnnxBackend(out / "onnx", device="cpu"), TorchBackend(out / "pytorch", device="cpu"))]
     prompts = ["a red circle at the top left", "a blue square at the bottom right"]
     noise = samplers[0].initial_noise(len(prompts), seed=0)

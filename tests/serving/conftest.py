@@ -1,4 +1,5 @@
-"""Serving fixtures: a tiny sd_base exported once per test module, a live uvicorn server on loopback."""
+"""Serving fixtures: a tiny sd_base and a tiny ParaDiffusion exported once per session, a live uvicorn server on
+loopback, and the helpers the family exports share (a tiny VAE, random values on zero-initialised weights)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,55 @@ def tiny_bundle(tiny_model_dir, tmp_path_factory):
     build_bundle(out, "sd_base", tiny_model_dir, {"model": "genops-sd-base", "version": 1, "alias": None},
                  {"source_run": "test", "git_commit": "test"})
     return out
+
+
+def tiny_vae(side: int):
+    """A 2x-downsampling VAE for `side`-pixel images (latents (4, side/2, side/2))."""
+    from components.models.autoencoder import AutoencoderConfig, build_autoencoder, set_scaling_factor
+
+    vae = build_autoencoder(AutoencoderConfig(sample_size=side, block_out_channels=(8, 8), norm_num_groups=4)).eval()
+    set_scaling_factor(vae, 0.5)
+    return vae
+
+
+def perturb(module, names: tuple[str, ...], scale: float, seed: int) -> None:
+    """Random values on the parameters whose name contains one of `names` (LoRA B, a UNet's zero conv_out)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(n in name for n in names):
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+# ParaDiffusion's text limit in the tiny bundle: room for the export's two-sentence parity prompts (21 tokens with
+# <s>), small enough that the service's token limit is reached below its 2000-character prompt limit.
+PARADIFFUSION_MAX_TOKENS = 32
+
+
+@pytest.fixture(scope="session")
+def paradiffusion_dir(tmp_path_factory):
+    """A stage-2 ParaDiffusion (rank-4 LoRA on q_proj/v_proj, padding to the batch's longest text) with a 8 px VAE,
+    saved as the recipe registers it."""
+    import torch
+
+    from tests.paradiffusion_parts import build, make_tokenizer
+
+    model = build(make_tokenizer(), rank=4, max_tokens=PARADIFFUSION_MAX_TOKENS).eval()
+    perturb(model.text_encoder, ("lora_B",), 0.2, seed=2)
+    torch.manual_seed(3)
+    return model.save_pretrained(tmp_path_factory.mktemp("paradiffusion") / "model", vae=tiny_vae(8))
+
+
+@pytest.fixture(scope="session")
+def paradiffusion_bundle(paradiffusion_dir, tmp_path_factory):
+    """The tiny ParaDiffusion exported to a bundle (3 end-to-end steps): (folder, manifest)."""
+    from serving.bundle import build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "paradiffusion"
+    registry = {"model": "genops-paradiffusion-stage2", "version": 3, "alias": "champion",
+                "uri": "models:/genops-paradiffusion-stage2/3"}
+    manifest = build_bundle(out, "paradiffusion_stage2", paradiffusion_dir, registry,
+                            {"source_run": "run-42", "git_commit": "cafe123"}, e2e_steps=3)
+    return out, manifest

@@ -11,30 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import perturb, tiny_vae
 
 from serving.export.onnx_graphs import ATOL, RTOL, cpu_session
 
 PARADIFFUSION_GRAPHS = ["text_encoder", "unet", "vae_decoder"]
 VLAD_GRAPHS = ["text_encoder", "tlg", "vfe_unet", "vae_decoder"]
 MINIGPT5_GRAPHS = ["feature_mapper", "unet", "vae_decoder"]
-
-
-def tiny_vae(side: int):
-    """A 2x-downsampling VAE for `side`-pixel images (latents (4, side/2, side/2))."""
-    from components.models.autoencoder import AutoencoderConfig, build_autoencoder, set_scaling_factor
-
-    vae = build_autoencoder(AutoencoderConfig(sample_size=side, block_out_channels=(8, 8), norm_num_groups=4)).eval()
-    set_scaling_factor(vae, 0.5)
-    return vae
-
-
-def perturb(module: torch.nn.Module, names: tuple[str, ...], scale: float, seed: int) -> None:
-    """Random values on the parameters whose name contains one of `names` (LoRA B, a UNet's zero conv_out)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if any(n in name for n in names):
-                p.add_(scale * torch.randn(p.shape, generator=g))
 
 
 def check_parity_rows(parity: dict, graphs: list[str]) -> None:
@@ -53,29 +36,6 @@ def check_parity_rows(parity: dict, graphs: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- ParaDiffusion
-
-
-@pytest.fixture(scope="module")
-def paradiffusion_dir(tmp_path_factory):
-    """A stage-2 ParaDiffusion (rank-4 LoRA on q_proj/v_proj) with a 8 px VAE, saved as the recipe registers it."""
-    from tests.paradiffusion_parts import build, make_tokenizer
-
-    model = build(make_tokenizer(), rank=4).eval()
-    perturb(model.text_encoder, ("lora_B",), 0.2, seed=2)
-    torch.manual_seed(3)
-    return model.save_pretrained(tmp_path_factory.mktemp("paradiffusion") / "model", vae=tiny_vae(8))
-
-
-@pytest.fixture(scope="module")
-def paradiffusion_bundle(paradiffusion_dir, tmp_path_factory):
-    from serving.bundle import build_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "paradiffusion"
-    registry = {"model": "genops-paradiffusion-stage2", "version": 3, "alias": "champion",
-                "uri": "models:/genops-paradiffusion-stage2/3"}
-    manifest = build_bundle(out, "paradiffusion_stage2", paradiffusion_dir, registry,
-                            {"source_run": "run-42", "git_commit": "cafe123"}, e2e_steps=3)
-    return out, manifest
 
 
 @pytest.mark.slow
@@ -123,15 +83,7 @@ def test_paradiffusion_bundle_manifest_carries_the_parity_results(paradiffusion_
     card = (out / "MODEL_CARD.md").read_text()
     assert "| text_encoder |" in card and "| unet |" in card and "End to end" in card
     assert "LoRA merged before export: 4 target weights changed" in card
-
-
-@pytest.mark.slow
-def test_the_sd_base_sampler_refuses_a_family_bundle_naming_it(paradiffusion_bundle):
-    from serving.bundle import BundleError
-    from serving.sampler import load_sampler
-
-    with pytest.raises(BundleError, match="paradiffusion_stage2 bundle"):
-        load_sampler(paradiffusion_bundle[0], "onnx", "cpu")
+    assert "genops generate --bundle <this folder>" in card  # the production sampler runs it
 
 
 def test_every_family_registered_model_has_an_exporter():
@@ -267,3 +219,33 @@ def test_minigpt5_mapper_graph_maps_real_voken_states_like_pytorch(minigpt5_expo
         want = model.mapper(h).numpy()
     got = cpu_session(out / "onnx" / "feature_mapper.onnx").run(None, {"voken_states": h.numpy()})[0]
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
+
+
+# ----------------------------------------------------------------------------- families the sampler does not run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export, family, reason", [("vlad_export", "vlad", "Text Layout Generator"),
+                                                    ("minigpt5_export", "minigpt5_stage2", "voken states")])
+def test_the_sampler_refuses_vlad_and_minigpt5_bundles_saying_why(request, tmp_path, export, family, reason):
+    """The family's export with the manifest `build_bundle` writes over it: a verified bundle that load_sampler
+    and `genops generate` refuse, naming the family and what the sampler does not do for it."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+    from serving.bundle import BundleError, verify_bundle, write_manifest
+    from serving.sampler import load_sampler
+
+    _, out, sections = request.getfixturevalue(export)
+    bundle = tmp_path / family
+    shutil.copytree(out, bundle)
+    write_manifest(bundle, {"family": family, **sections})
+    verify_bundle(bundle)
+    with pytest.raises(BundleError, match=rf"is a {family} bundle, which the production sampler does not run: .*{reason}"):
+        load_sampler(bundle, "onnx", "cpu")
+    result = CliRunner().invoke(app, ["generate", "--bundle", str(bundle), "--prompt", "a red circle", "--out",
+                                      str(tmp_path / "x.png")])
+    assert result.exit_code == 1 and f"{family} bundle" in result.output and reason in result.output
+    assert not (tmp_path / "x.png").exists()
