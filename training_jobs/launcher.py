@@ -39,6 +39,7 @@ RECIPES: dict[str, str] = {
     "vae": "training_jobs.recipes.vae",
     "clip_evaluator": "training_jobs.recipes.clip_evaluator",
     "sd_base": "training_jobs.recipes.sd_base",
+    "sd_base_finetune": "training_jobs.recipes.sd_base_finetune",
     "llm_base": "training_jobs.recipes.llm_base",
     "clip_base": "training_jobs.recipes.clip_base",
     "minigpt5_stage1": "training_jobs.recipes.minigpt5_stage1",

@@ -1,4 +1,5 @@
-"""Upstream models a job reads (the VAE under sd_base, sd_base under MiniGPT-5): a folder or a registry URI."""
+"""Upstream models a job reads (the VAE under sd_base, sd_base under MiniGPT-5): a folder or a registry URI,
+and the lineage tags that name them on the job's run."""
 
 from __future__ import annotations
 
@@ -58,3 +59,25 @@ def resolve_model_path(reference: str, tracking_uri: str | None) -> Path:
     if "weights" not in artifacts:
         raise FileNotFoundError(f"{reference} (version {version}) is not a genops model: its MLmodel has no 'weights' artifact")
     return target / artifacts["weights"]["path"]
+
+
+def model_lineage_tags(reference: str, tracking_uri: str | None, prefix: str) -> dict[str, str]:
+    """MLflow run tags naming an upstream model: `<prefix>` = the reference as given and, for a registry
+    URI, `<prefix>_name`, `<prefix>_version` (what `latest` or an alias stood for) and `<prefix>_run_id`
+    (the run that trained it)."""
+    tags = {f"{prefix}": reference}
+    if not reference.startswith("models:/"):
+        return tags
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    name, _, version = reference.removeprefix("models:/").partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        found = client.get_model_version_by_alias(name, alias)
+    elif version in ("", "latest"):
+        found = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    else:
+        found = client.get_model_version(name, version)
+    tags.update({f"{prefix}_name": name, f"{prefix}_version": str(found.version), f"{prefix}_run_id": found.run_id})
+    return tags

@@ -34,7 +34,7 @@ from components.models.autoencoder import (
 from components.models.paradiffusion import ParaDiffusion
 from training_jobs.data_loading import encoded_batch_stream, first_samples, shard_paths
 from training_jobs.loop import evaluation_weights, seed_everything, unwrap
-from training_jobs.model_inputs import resolve_model_path
+from training_jobs.model_inputs import model_lineage_tags, resolve_model_path
 from training_jobs.worker import WorkerContext, report, run_steps, start_training
 
 EVAL_SEED = 1
@@ -71,26 +71,6 @@ class StageData:
 
 def stage_datasets(data: StageData) -> list[str]:
     return list(dict.fromkeys([*data.datasets, data.eval_dataset]))
-
-
-def lineage_tags(reference: str, tracking_uri: str | None, prefix: str) -> dict[str, str]:
-    """Tags naming an upstream model: its reference, and for a registry URI its version and source run."""
-    tags = {f"{prefix}": reference}
-    if not reference.startswith("models:/"):
-        return tags
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    name, _, version = reference.removeprefix("models:/").partition("/")
-    if "@" in name:
-        name, alias = name.split("@", 1)
-        found = client.get_model_version_by_alias(name, alias)
-    elif version in ("", "latest"):
-        found = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
-    else:
-        found = client.get_model_version(name, version)
-    tags.update({f"{prefix}_name": name, f"{prefix}_version": str(found.version), f"{prefix}_run_id": found.run_id})
-    return tags
 
 
 def latent_batches(cfg, vae, size: int, ctx: WorkerContext, seed: int) -> Iterator[dict]:
@@ -243,7 +223,7 @@ def continued_model(cfg, ctx: WorkerContext) -> tuple[ParaDiffusion, object, dic
     elif cfg.model.rank:
         paradiffusion.add_lora(cfg.model)
     paradiffusion.cfg.diffusion.condition_dropout = cfg.condition_dropout
-    tags = lineage_tags(cfg.data.init, cfg.tracking.tracking_uri, "genops.init_model")
+    tags = model_lineage_tags(cfg.data.init, cfg.tracking.tracking_uri, "genops.init_model")
     return paradiffusion, vae, tags
 
 

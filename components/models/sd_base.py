@@ -141,6 +141,18 @@ class SDBaseConfig:
     freeze_text_encoder: bool = False
 
 
+def architecture_differences(wanted: SDBaseConfig, saved: SDBaseConfig) -> list[str]:
+    """Where two configs disagree on what a saved model's weights mean: every `text.*` and `unet.*` field
+    (the shapes and layout of the weights) and the noise schedule the UNet learnt (`SCHEDULE_KEYS`), as
+    'unet.sample_size: 8 vs 16' (wanted vs saved). Sampler defaults, min-SNR, caption dropout and
+    freeze_text_encoder are how a model is trained or sampled, not what its weights are: not compared."""
+    ours = {f"{part}.{k}": v for part in ("text", "unet") for k, v in to_dict(getattr(wanted, part)).items()}
+    theirs = {f"{part}.{k}": v for part in ("text", "unet") for k, v in to_dict(getattr(saved, part)).items()}
+    for key in SCHEDULE_KEYS:
+        ours[f"diffusion.{key}"], theirs[f"diffusion.{key}"] = getattr(wanted.diffusion, key), getattr(saved.diffusion, key)
+    return [f"{name}: {value!r} vs {theirs[name]!r}" for name, value in ours.items() if value != theirs[name]]
+
+
 def build_unet(cfg: SDUNetConfig, cross_attention_dim: int) -> UNet2DConditionModel:
     """A randomly initialised UNet2DConditionModel, SD-style (cross-attention levels first, mid block cross-attn)."""
     down_block_types = tuple("CrossAttnDownBlock2D" if x else "DownBlock2D" for x in cfg.cross_attention)

@@ -16,14 +16,8 @@ from components.config import from_dict
 from components.models.paradiffusion import ParaDiffusion, ParaDiffusionConfig, load_llm
 from training_jobs.launcher import RunSection, ScalingSection
 from training_jobs.loop import TrainConfig, seed_everything
-from training_jobs.model_inputs import resolve_model_path
-from training_jobs.paradiffusion_training import (
-    StageData,
-    lineage_tags,
-    stage_datasets,
-    stage_vae,
-    train_stage,
-)
+from training_jobs.model_inputs import model_lineage_tags, resolve_model_path
+from training_jobs.paradiffusion_training import StageData, stage_datasets, stage_vae, train_stage
 from training_jobs.tracking import TrackingConfig
 from training_jobs.worker import worker_context
 
@@ -66,6 +60,6 @@ def train(config: dict) -> None:
     llm, tokenizer = load_llm(resolve_model_path(cfg.data.llm, cfg.tracking.tracking_uri))
     seed_everything(cfg.train.seed)
     paradiffusion = ParaDiffusion.from_llm(cfg.model, llm, tokenizer)
-    tags = {**lineage_tags(cfg.data.llm, cfg.tracking.tracking_uri, "genops.llm"),
-            **lineage_tags(cfg.data.vae, cfg.tracking.tracking_uri, "genops.vae")}
+    tags = {**model_lineage_tags(cfg.data.llm, cfg.tracking.tracking_uri, "genops.llm"),
+            **model_lineage_tags(cfg.data.vae, cfg.tracking.tracking_uri, "genops.vae")}
     train_stage(ctx, cfg, paradiffusion, vae, tags)

@@ -1,15 +1,21 @@
 """Recipe: the SD-style base model (`sd_base`), CLIP text encoder + UNet trained on short captions.
 
     genops train sd_base --profile demo data.vae=<vae model folder or models:/genops-vae/latest>
+    genops train sd_base --profile demo data.init=models:/genops-sd-base@champion   # continue from its weights
 
 Latent diffusion (Rombach et al. 2022): images go through the frozen shared VAE (a posterior sample,
 scaled by its measured factor), the UNet learns the noise-prediction loss (min-SNR-weighted if the
 model config says so), and 10% of captions drop to the empty prompt for classifier-free guidance.
 Sample grids use fixed validation prompts and a fixed seed with the EMA weights.
+
+`data.init` starts from a registered sd_base's weights instead of random ones (fine-tuning: the
+`sd_base_finetune` recipe, VLAD Table I's "Fine-tuned SD"); the run is tagged genops.init_model_* with
+the version and run it came from.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +35,15 @@ from components.models.autoencoder import (
     load_autoencoder,
     pixels_to_images,
 )
-from components.models.sd_base import SDBase, SDBaseConfig
+from components.models.sd_base import SDBase, SDBaseConfig, architecture_differences
 from training_jobs.data_loading import batch_stream, encoded_batch_stream, first_samples, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
 from training_jobs.loop import TrainConfig, evaluation_weights, export_state_dict, seed_everything, unwrap
-from training_jobs.model_inputs import resolve_model_path
+from training_jobs.model_inputs import model_lineage_tags, resolve_model_path
 from training_jobs.tracking import TrackingConfig
 from training_jobs.worker import report, run_steps, start_training, worker_context
+
+log = logging.getLogger(__name__)
 
 MODEL_CONFIG = "sd_base"
 
@@ -49,7 +57,8 @@ class DataSection:
     tokenizer: str = "data/tokenizer"
     """Tokenizer folder (Hugging Face format): the project's BPE or a pretrained one."""
     vae: str = "models:/genops-vae/latest"
-    """The frozen autoencoder: a save_pretrained folder, or a registry URI models:/<name>/<version|latest>."""
+    """The frozen autoencoder: a save_pretrained folder, or a registry URI models:/<name>/<version|latest>;
+    empty: the vae/ saved in data.init's export (with data.init, the VAE must be that one)."""
     cache_latents: bool = True
     """Encode the train split with the frozen VAE once and train from memory (demo); off for corpora
     too large to hold (paper), where each batch is streamed from shards and encoded on the fly."""
@@ -59,6 +68,10 @@ class DataSection:
     """Validation prompts whose samples are checked against the scene ground truth at the end (0: skip)."""
     one_object_steps: int = 0
     """Curriculum: the first this many steps train on one-object scenes only (then every scene)."""
+    init: str | None = None
+    """Start from these sd_base weights (an export folder, models:/<name>/<version|latest> or models:/<name>@<alias>)
+    instead of random ones; its text encoder, UNet and noise schedule must be model.* and its tokenizer data.tokenizer.
+    Null: random init."""
 
 
 @dataclass
@@ -95,18 +108,22 @@ def train(config: dict) -> None:
 
     # setup
     tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
-    vae = load_autoencoder(resolve_model_path(cfg.data.vae, cfg.tracking.tracking_uri)).to(ctx.device).eval()
+    init, init_path = load_init(cfg, tokenizer) if cfg.data.init is not None else (None, None)
+    vae = load_vae(cfg, init_path).to(ctx.device).eval()
     vae.requires_grad_(False)
     model_cfg = cfg.model
     seed_everything(cfg.train.seed)
-    sd = SDBase.from_config(model_cfg, tokenizer)
+    sd = init if init is not None else SDBase.from_config(model_cfg, tokenizer)
     if sd.latent_shape != latent_shape(vae):
         raise ValueError(
-            f"model.unet (latent {sd.latent_shape}) does not fit the VAE at {cfg.data.vae} (latent {latent_shape(vae)}): set "
+            f"model.unet (latent {sd.latent_shape}) does not fit the VAE at {cfg.data.vae or init_path} (latent {latent_shape(vae)}): set "
             "model.unet.sample_size and model.unet.latent_channels from the VAE's config"
         )
     run = start_training(ctx, sd, cfg.train)
     model, ema = run.model, run.ema
+    if cfg.data.init is not None and ctx.log.enabled:
+        for key, value in model_lineage_tags(cfg.data.init, cfg.tracking.tracking_uri, "genops.init_model").items():
+            ctx.log.client.set_tag(ctx.log.run_id, key, value)
     noise = torch.Generator(ctx.device).manual_seed(cfg.train.seed + 1000 * ctx.rank + run.start)
     dropout = torch.Generator().manual_seed(cfg.train.seed + 7 + 1000 * ctx.rank + run.start)
     root = Path(cfg.data.prepared_root)
@@ -161,6 +178,58 @@ def train(config: dict) -> None:
         _log_samples(model, ema, vae, val["caption"][: cfg.data.grid_prompts], ctx, cfg.train.steps)
         ctx.log.text("\n".join(val["caption"][: cfg.data.grid_prompts]), "samples/prompts.txt")
     report(ctx, final_metrics, save_final)
+
+
+def load_init(cfg: Config, tokenizer) -> tuple[SDBase, Path]:
+    """The sd_base export `data.init` names, as the model this run trains (and its folder): its weights,
+    this config's `model` (which must describe the same architecture and noise schedule) and
+    `data.tokenizer` (which must be the tokenizer it was trained with). Anything else is refused naming data.init."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = resolve_model_path(cfg.data.init, cfg.tracking.tracking_uri)
+        saved = SDBase.from_pretrained(path)
+    except (OSError, ValueError, MlflowException) as exc:
+        raise ValueError(f"data.init={cfg.data.init} could not be loaded as an sd_base export: {exc}") from exc
+    differences = architecture_differences(cfg.model, saved.cfg)
+    if differences:
+        raise ValueError(
+            f"data.init={cfg.data.init} is another sd_base architecture than model.* ({'; '.join(differences)}; "
+            "config vs data.init): set model.* to the init model's values (its genops_sd_base.json)"
+        )
+    if saved.tokenizer is None:
+        raise ValueError(f"data.init={cfg.data.init} has no tokenizer/ folder: it cannot be checked against data.tokenizer")
+    if saved.tokenizer.get_vocab() != tokenizer.get_vocab() or saved.tokenizer.all_special_tokens != tokenizer.all_special_tokens:
+        raise ValueError(
+            f"data.init={cfg.data.init} was trained with another tokenizer than data.tokenizer={cfg.data.tokenizer} "
+            f"({len(saved.tokenizer)} vs {len(tokenizer)} tokens): its token embeddings would mean other words; "
+            "set data.tokenizer to the init model's tokenizer/ folder"
+        )
+    saved.text_encoder.requires_grad_(not cfg.model.freeze_text_encoder)
+    log.info("data.init: starting from the weights of %s (%s)", cfg.data.init, path)
+    return SDBase(cfg.model, saved.text_encoder, saved.unet, tokenizer), path
+
+
+def load_vae(cfg: Config, init_path: Path | None):
+    """The frozen VAE: data.vae, or (empty) the vae/ saved in data.init's export. A model fine-tuned from
+    data.init must stay in the latent space it learnt: a data.vae other than the init's own is refused."""
+    saved = init_path / "vae" if init_path is not None and (init_path / "vae").is_dir() else None
+    if not cfg.data.vae:
+        if saved is None:
+            raise ValueError(f"data.vae is empty and data.init={cfg.data.init} has no vae/ folder: set data.vae")
+        return load_autoencoder(saved)
+    vae = load_autoencoder(resolve_model_path(cfg.data.vae, cfg.tracking.tracking_uri))
+    if saved is not None:
+        theirs = load_autoencoder(saved)
+        ours_state, theirs_state = vae.state_dict(), theirs.state_dict()
+        same = (vae.config.scaling_factor == theirs.config.scaling_factor and ours_state.keys() == theirs_state.keys()
+                and all(torch.equal(ours_state[k], theirs_state[k]) for k in ours_state))
+        if not same:
+            raise ValueError(
+                f"data.vae={cfg.data.vae} is not the VAE data.init={cfg.data.init} was trained with (weights or scaling "
+                "factor differ), so its latents are another space: leave data.vae empty to use data.init's vae/"
+            )
+    return vae
 
 
 def one_object_first(batches: Iterator[dict], steps: int, batch_size: int) -> Iterator[dict]:
