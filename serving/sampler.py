@@ -143,15 +143,13 @@ class OnnxBackend:
                                           attention_mask=attention_mask.numpy().astype(np.int64)))
 
     def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        if self.family == "paradiffusion":
-            states, mask = cond[..., :-1], cond[..., -1]  # (B, L, D), (B, L) 1 keep / 0 padding: the packed context
-            return torch.from_numpy(self._run("unet", sample=latents.numpy().astype(np.float32),
-                                              timestep=t.numpy().astype(np.int64),
-                                              encoder_hidden_states=states.numpy().astype(np.float32),
-                                              encoder_attention_mask=mask.numpy().astype(np.float32)))
+        extra = {}
+        if self.family == "paradiffusion":  # the packed context: (B, L, D) states, (B, L) mask 1 keep / 0 padding
+            cond, mask = cond[..., :-1], cond[..., -1]
+            extra["encoder_attention_mask"] = mask.numpy().astype(np.float32)
         return torch.from_numpy(self._run("unet", sample=latents.numpy().astype(np.float32),
                                           timestep=t.numpy().astype(np.int64),
-                                          encoder_hidden_states=cond.numpy().astype(np.float32)))
+                                          encoder_hidden_states=cond.numpy().astype(np.float32), **extra))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._run("vae_decoder", latents=latents.numpy().astype(np.float32)))
@@ -205,13 +203,12 @@ class TorchBackend:
 
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        if self.family == "paradiffusion":
-            states, mask = cond[..., :-1], cond[..., -1]  # (B, L, D), (B, L): the packed context, as ParaDiffusion.denoise
-            out = self.unet(latents.to(self.device), t.to(self.device), encoder_hidden_states=states.to(self.device),
-                            encoder_attention_mask=mask.to(self.device), return_dict=False)[0]
-            return out.float().cpu()
+        extra = {}
+        if self.family == "paradiffusion":  # the packed context, as ParaDiffusion.denoise unpacks it
+            cond, mask = cond[..., :-1], cond[..., -1]
+            extra["encoder_attention_mask"] = mask.to(self.device)
         out = self.unet(latents.to(self.device), t.to(self.device), encoder_hidden_states=cond.to(self.device),
-                        return_dict=False)[0]
+                        return_dict=False, **extra)[0]
         return out.float().cpu()
 
     @torch.no_grad()
