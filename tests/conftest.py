@@ -43,9 +43,7 @@ def tiny_data(tmp_path_factory):
     from pathlib import Path
 
     from components.config import load_config
-    from components.data.formats import read_corpus
     from components.data.pipeline_config import DataConfig
-    from components.data.prepare import prepare_dataset, validate_corpus
     from components.data.shards import split_texts
     from components.data.synthetic import generate_world
     from components.data.tokenizer import train_bpe_tokenizer
@@ -54,14 +52,9 @@ def tiny_data(tmp_path_factory):
     data = root / "data"
     cfg = load_config(DataConfig, Path(__file__).parents[1] / "training_jobs" / "configs" / "data" / "tiny.yaml")
     generate_world(cfg.world, data / "raw")
-    texts = []
-    for name in ("laion_short", "cc3m"):
-        spec = cfg.spec(name)
-        validate_corpus(read_corpus(spec.format, data / "raw" / name), data / "validated" / name, dataset=name,
-                        fmt=spec.format, source=data / "raw" / name, cfg=cfg.validation_for(name))
-        prepare_dataset(data / "validated" / name, data / "prepared" / name, dataset=name,
-                        split_cfg=cfg.split_for(name), shard_cfg=cfg.shards)
-        texts.extend(split_texts(data / "prepared" / name, "train"))
+    names = ("laion_short", "cc3m")
+    _prepare_tiny(data, names)
+    texts = [text for name in names for text in split_texts(data / "prepared" / name, "train")]
     train_bpe_tokenizer(texts, cfg.tokenizer, data / "tokenizer")
     return root
 
@@ -69,6 +62,19 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_text_data(tiny_data):
     """`tiny_data` plus every other text corpus llm_base learns (ParaImage, VIST, MMDialog), prepared in the same root."""
+    _prepare_tiny(tiny_data / "data", ("paraimage_big", "paraimage_small", "vist", "mmdialog"))
+    return tiny_data
+
+
+@pytest.fixture(scope="session")
+def tiny_mario_data(tiny_data):
+    """`tiny_data` plus the text-rich `mario_laion` (VLAD, the Fine-tuned SD row), prepared in the same root."""
+    _prepare_tiny(tiny_data / "data", ("mario_laion",))
+    return tiny_data
+
+
+def _prepare_tiny(data, names) -> None:
+    """Validate and prepare the tiny profile's datasets `names` from data/raw into data/validated, data/prepared."""
     from pathlib import Path
 
     from components.config import load_config
@@ -76,12 +82,10 @@ def tiny_text_data(tiny_data):
     from components.data.pipeline_config import DataConfig
     from components.data.prepare import prepare_dataset, validate_corpus
 
-    data = tiny_data / "data"
     cfg = load_config(DataConfig, Path(__file__).parents[1] / "training_jobs" / "configs" / "data" / "tiny.yaml")
-    for name in ("paraimage_big", "paraimage_small", "vist", "mmdialog"):
+    for name in names:
         spec = cfg.spec(name)
         validate_corpus(read_corpus(spec.format, data / "raw" / name), data / "validated" / name, dataset=name,
                         fmt=spec.format, source=data / "raw" / name, cfg=cfg.validation_for(name))
         prepare_dataset(data / "validated" / name, data / "prepared" / name, dataset=name,
                         split_cfg=cfg.split_for(name), shard_cfg=cfg.shards)
-    return tiny_data

@@ -8,9 +8,6 @@ import torch
 from transformers import AutoTokenizer
 
 from components.config import load_config
-from components.data.formats import read_corpus
-from components.data.pipeline_config import DataConfig
-from components.data.prepare import prepare_dataset, validate_corpus
 from components.models.autoencoder import (
     AutoencoderConfig,
     build_autoencoder,
@@ -26,17 +23,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def init_inputs(tiny_data, tmp_path_factory):
+def init_inputs(tiny_mario_data, tmp_path_factory):
     """tiny data with mario_laion prepared, and a tiny sd_base export (with its VAE) whose weights are not
     what the recipe's own seeded random init would give."""
-    data = tiny_data / "data"
-    cfg = load_config(DataConfig, CONFIG_ROOT / "data" / "tiny.yaml")
-    spec = cfg.spec("mario_laion")
-    validate_corpus(read_corpus(spec.format, data / "raw" / "mario_laion"), data / "validated" / "mario_laion",
-                    dataset="mario_laion", fmt=spec.format, source=data / "raw" / "mario_laion",
-                    cfg=cfg.validation_for("mario_laion"))
-    prepare_dataset(data / "validated" / "mario_laion", data / "prepared" / "mario_laion", dataset="mario_laion",
-                    split_cfg=cfg.split_for("mario_laion"), shard_cfg=cfg.shards)
+    data = tiny_mario_data / "data"
     root = tmp_path_factory.mktemp("sd_init")
     torch.manual_seed(1234)  # the recipe seeds train.seed=0: its random init is another model
     vae = build_autoencoder(load_config(AutoencoderConfig, CONFIG_ROOT / "models" / "vae" / "tiny.yaml"))

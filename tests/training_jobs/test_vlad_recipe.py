@@ -7,9 +7,6 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from components.config import load_config
-from components.data.formats import read_corpus
-from components.data.pipeline_config import DataConfig
-from components.data.prepare import prepare_dataset, validate_corpus
 from components.models.autoencoder import (
     AutoencoderConfig,
     build_autoencoder,
@@ -24,16 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def vlad_inputs(tiny_text_data, tmp_path_factory):
-    """tiny data with mario_laion prepared, an untrained tiny clip_base and VAE saved as folders."""
+def vlad_inputs(tiny_text_data, tiny_mario_data, tmp_path_factory):
+    """tiny data (with mario_laion prepared), an untrained tiny clip_base and VAE saved as folders."""
     data = tiny_text_data / "data"
-    cfg = load_config(DataConfig, CONFIG_ROOT / "data" / "tiny.yaml")
-    spec = cfg.spec("mario_laion")
-    validate_corpus(read_corpus(spec.format, data / "raw" / "mario_laion"), data / "validated" / "mario_laion",
-                    dataset="mario_laion", fmt=spec.format, source=data / "raw" / "mario_laion",
-                    cfg=cfg.validation_for("mario_laion"))
-    prepare_dataset(data / "validated" / "mario_laion", data / "prepared" / "mario_laion", dataset="mario_laion",
-                    split_cfg=cfg.split_for("mario_laion"), shard_cfg=cfg.shards)
     root = tmp_path_factory.mktemp("vlad_inputs")
     torch.manual_seed(0)
     clip_cfg = load_config(ClipBaseConfig, CONFIG_ROOT / "models" / "clip_base" / "tiny.yaml")
