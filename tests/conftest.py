@@ -68,8 +68,9 @@ def tiny_text_data(tiny_data):
 
 @pytest.fixture(scope="session")
 def tiny_mario_data(tiny_data):
-    """`tiny_data` plus the text-rich `mario_laion` (VLAD, the Fine-tuned SD row), prepared in the same root."""
-    _prepare_tiny(tiny_data / "data", ("mario_laion",))
+    """`tiny_data` plus the text-rich `mario_laion` (VLAD, the Fine-tuned SD row) and the `mario_eval` prompts
+    (Table I), prepared in the same root."""
+    _prepare_tiny(tiny_data / "data", ("mario_laion", "mario_eval"))
     return tiny_data
 
 

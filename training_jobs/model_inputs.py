@@ -35,7 +35,7 @@ def resolve_model_path(reference: str, tracking_uri: str | None) -> Path:
     name_version = reference.removeprefix("models:/")
     if "@" in name_version:
         name, alias = name_version.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias).version
+        version = _version_by_alias(client, reference, name, alias)
     else:
         name, _, version = name_version.partition("/")
         if version in ("", "latest"):
@@ -59,6 +59,34 @@ def resolve_model_path(reference: str, tracking_uri: str | None) -> Path:
     if "weights" not in artifacts:
         raise FileNotFoundError(f"{reference} (version {version}) is not a genops model: its MLmodel has no 'weights' artifact")
     return target / artifacts["weights"]["path"]
+
+
+def _version_by_alias(client, reference: str, name: str, alias: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except MlflowException as exc:
+        raise FileNotFoundError(
+            f"{reference}: no version of model {name!r} holds the alias {alias!r} (not evaluated yet, or every "
+            f"candidate was refused: see `genops registry status`); pass models:/{name}/latest or models:/{name}/<version> "
+            "to use an unpromoted version"
+        ) from exc
+
+
+def default_reference(name: str, tracking_uri: str | None, say=print) -> str:
+    """What a user-facing command (sampling, generation) uses when given no model: `models:/<name>@champion`,
+    or, when no version of `name` has been promoted, `models:/<name>/latest`, said out loud."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, "champion").version
+    except MlflowException:
+        say(f"note: {name} has no champion (see `genops registry status`): using its latest version")
+        return f"models:/{name}/latest"
+    say(f"using models:/{name}@champion (version {version})")
+    return f"models:/{name}@champion"
 
 
 def model_lineage_tags(reference: str, tracking_uri: str | None, prefix: str) -> dict[str, str]:

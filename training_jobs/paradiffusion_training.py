@@ -47,9 +47,9 @@ class StageData:
     """Root of the prepared datasets (DVC outputs)."""
     datasets: list[str] = field(default_factory=lambda: ["laion_short"])
     """Prepared caption/paragraph datasets this stage trains on."""
-    vae: str = "models:/genops-vae/latest"
+    vae: str = "models:/genops-vae@champion"
     """The frozen autoencoder (folder or registry URI); empty = the vae/ saved in data.init's folder."""
-    llm: str = "models:/genops-llm-base/latest"
+    llm: str = "models:/genops-llm-base@champion"
     """Stage 1: the LLM text encoder and its tokenizer (llm_base export, or a local Llama-2-7B folder)."""
     init: str = ""
     """Stages 2-3: the previous stage's model (registry URI models:/genops-paradiffusion-stage<N>/latest or a folder)."""

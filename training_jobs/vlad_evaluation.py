@@ -1,7 +1,12 @@
 """VLAD's evaluation (Tables I-II): generate for MARIO-Eval-format prompts, score OCR / CLIP / FID, tabulate.
 
-    python -m training_jobs.vlad_evaluation --row VLAD=vlad:models:/genops-vlad/latest \
-        --row SD=sd:models:/genops-sd-base/latest --prompts 48
+    python -m training_jobs.vlad_evaluation --row VLAD=vlad:models:/genops-vlad@champion \
+        --row SD=sd:models:/genops-sd-base@champion --prompts 48
+
+The table goes to an MLflow run (experiment `genops-vlad`, run `vlad-table1-<time>`, tag
+`genops.kind=comparison`): `vlad_table1.md` / `vlad_table1.json`, each cell as metric `<row>/<column>`,
+each row's model reference with the registry version and training run it resolved to (tags
+`genops.row.<row>*`), and mario_eval's DVC md5 (tag `genops.dataset.mario_eval`).
 
 Every row's images come from the same held-out prompts (`data/prepared/mario_eval/prompts.jsonl`), the
 same seed and sampler settings. Metrics: MARIO-Eval OCR accuracy / precision / recall / F-measure (F from
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +120,24 @@ def markdown_table(rows: dict[str, dict[str, float]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def slug(name: str) -> str:
+    """A row name as an MLflow metric/tag key part: 'ground truth (ceiling)' -> 'ground_truth_ceiling'."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "row"
+
+
+def log_table(client, run_id: str, results: dict[str, dict[str, float]], title: str, stem: str) -> str:
+    """Log a comparison table to an MLflow run: `<stem>.md`, `<stem>.json` and every cell as `<row>/<column>`."""
+    from mlflow.entities import Metric
+
+    table = markdown_table(results, title)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"{slug(row)}/{key}", float(value), now, 0)
+                                      for row, metrics in results.items() for key, value in metrics.items()])
+    client.log_text(run_id, table, f"{stem}.md")
+    client.log_text(run_id, json.dumps(results, indent=2) + "\n", f"{stem}.json")
+    return table
+
+
 def evaluate_rows(rows: dict[str, tuple[str, str]], prepared_root: str | Path, evaluator: str, tracking_uri: str | None,
                   count: int, steps: int, guidance_scale: float, seed: int = 0, ceiling: bool = True,
                   progress=print) -> dict[str, dict[str, float]]:
@@ -200,15 +225,20 @@ VLAD_EVALUATION = register_evaluation(EvaluationSpec(
 
 def main(argv: Sequence[str] | None = None) -> None:
     from training_jobs.launcher import default_tracking_uri, project_root
+    from training_jobs.lineage import dataset_versions
+    from training_jobs.model_inputs import model_lineage_tags
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--row", action="append", required=True, help="NAME=KIND:MODEL (KIND vlad or sd)")
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--evaluator", default="models:/genops-clip-evaluator/latest")
+    parser.add_argument("--evaluator", default="models:/genops-clip-evaluator@champion")
     parser.add_argument("--title", default="VLAD Table I (demo scale)")
     parser.add_argument("--out", type=Path, default=Path("outputs/vlad/table.md"))
+    parser.add_argument("--prepared-root", type=Path, default=None, help="default: <project>/data/prepared")
+    parser.add_argument("--tracking-uri", default=None, help="default: the project's embedded MLflow store")
+    parser.add_argument("--experiment", default="genops-vlad", help="MLflow experiment of the comparison run")
     args = parser.parse_args(argv)
     rows = {}
     for spec in args.row:
@@ -218,13 +248,37 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"--row {spec!r}: expected NAME=vlad:MODEL or NAME=sd:MODEL")
         rows[name] = (kind, reference)
     root = project_root()
-    results = evaluate_rows(rows, root / "data" / "prepared", args.evaluator, default_tracking_uri(root), args.prompts,
-                            args.steps, args.guidance_scale)
-    table = markdown_table(results, args.title)
+    prepared = args.prepared_root or root / "data" / "prepared"
+    tracking_uri = args.tracking_uri or default_tracking_uri(root)
+    results = evaluate_rows(rows, prepared, args.evaluator, tracking_uri, args.prompts, args.steps, args.guidance_scale)
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(args.experiment)
+    version = dataset_versions(Path(prepared).parents[1], ["mario_eval"])["mario_eval"]
+    tags = {"genops.kind": "comparison", "genops.dataset.mario_eval": version}
+    for name, (kind, reference) in rows.items():
+        tags.update(model_lineage_tags(reference, tracking_uri, f"genops.row.{slug(name)}"))
+        tags[f"genops.row.{slug(name)}_kind"] = kind
+    tags.update(model_lineage_tags(args.evaluator, tracking_uri, "genops.evaluator"))
+    run = client.create_run(experiment_id, run_name=f"vlad-table1-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
+    try:
+        for key, value in {"prompts": args.prompts, "steps": args.steps, "guidance_scale": args.guidance_scale,
+                           "seed": 0, "rows": ", ".join(rows)}.items():
+            client.log_param(run.info.run_id, key, value)
+        table = log_table(client, run.info.run_id, results, args.title, "vlad_table1")
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(table)
+    tmp.replace(args.out)
     print(table)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and MLflow run {run.info.run_id} (experiment {args.experiment}, {tracking_uri})")
 
 
 if __name__ == "__main__":

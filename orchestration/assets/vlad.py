@@ -54,7 +54,7 @@ def vlad_ablation(context: dg.AssetExecutionContext, config: AblationConfig, dvc
                   ray: RayResource, training: TrainingResource) -> dg.MaterializeResult:
     import mlflow as mlflow_lib
 
-    from training_jobs.vlad_evaluation import evaluate_rows, markdown_table
+    from training_jobs.vlad_evaluation import evaluate_rows, log_table
 
     root = Path(dvc.repo_root)
     prepared = root / "data" / "prepared"
@@ -84,21 +84,13 @@ def vlad_ablation(context: dg.AssetExecutionContext, config: AblationConfig, dvc
         for label, run_id in children.items():
             client.log_batch(run_id, metrics=[mlflow_lib.entities.Metric(f"eval/{k}", v, 0, 0)
                                               for k, v in metrics[label].items()])
-        table = markdown_table(metrics, "VLAD Table II (same budget per variant)")
-        client.log_text(parent_id, table, "vlad_table2.md")
-        client.log_text(parent_id, json_dump(metrics), "vlad_table2.json")
+        table = log_table(client, parent_id, metrics, "VLAD Table II (same budget per variant)", "vlad_table2")
         client.set_terminated(parent_id, "FINISHED")
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
         raise
     return dg.MaterializeResult(metadata={"mlflow_parent_run_id": parent_id, "table": dg.MetadataValue.md(table),
                                           "metrics": dg.MetadataValue.json(metrics)})
-
-
-def json_dump(value) -> str:
-    import json
-
-    return json.dumps(value, indent=2) + "\n"
 
 
 vlad_assets = [vlad]

@@ -107,7 +107,8 @@ def generate(
     story: Path = typer.Option(..., help="VIST-format story file <split>_cleaned.json (images via <split>_image_mapping.json)."),
     steps: int = typer.Option(1, help="Steps to generate after the context."),
     out: Path = typer.Option(..., help="Folder for story.json, the step images and index.html."),
-    weights: str = typer.Option("models:/genops-minigpt5-stage2/latest", help="MiniGPT-5 folder or registry URI."),
+    weights: str | None = typer.Option(None, help="MiniGPT-5 folder or registry URI (default: models:/genops-minigpt5-stage2"
+                                                   "@champion, or its latest version while it has none)."),
     story_id: str | None = typer.Option(None, help="Which story of the file (default: the first)."),
     context_steps: int | None = typer.Option(None, help="Story steps given as context (default: all but --steps)."),
     seed: int = typer.Option(0, help="Seed of the narration sampling and of the image noise."),
@@ -121,7 +122,7 @@ def generate(
     from components.models.autoencoder import images_to_pixels, pixels_to_images
     from components.models.minigpt5 import MiniGPT5, story_task
     from training_jobs.launcher import default_tracking_uri, project_root
-    from training_jobs.model_inputs import resolve_model_path
+    from training_jobs.model_inputs import default_reference, resolve_model_path
 
     if steps < 1:
         _fail(f"--steps must be >= 1, got {steps}")
@@ -129,8 +130,9 @@ def generate(
     keep = context_steps if context_steps is not None else max(1, len(record.steps) - steps)
     if not 0 <= keep <= len(record.steps):
         _fail(f"--context-steps {keep} is outside 0..{len(record.steps)} (the story has {len(record.steps)} steps)")
+    tracking_uri = default_tracking_uri(project_root())
     try:
-        path = resolve_model_path(weights, default_tracking_uri(project_root()))
+        path = resolve_model_path(weights or default_reference("genops-minigpt5-stage2", tracking_uri), tracking_uri)
     except FileNotFoundError as exc:
         _fail(f"--weights: {exc}", code=1)
     model = MiniGPT5.from_pretrained(path).eval()

@@ -43,7 +43,8 @@ def sample(
     model: str = typer.Argument(..., help="Model to sample: sd_base (prompt -> image) or llm_base (prompt -> continuation)."),
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt (repeat for several)."),
     weights: str | None = typer.Option(
-        None, help="Model folder or registry URI models:/<name>/<version> (default: models:/<the model's registry name>/latest)."
+        None, help="Model folder or registry URI models:/<name>/<version> or models:/<name>@<alias> (default: the "
+                   "model's champion, models:/<name>@champion, or its latest version while it has none)."
     ),
     seed: int = typer.Option(0, help="Seed of the initial noise (sd_base) or of the sampled tokens (llm_base)."),
     out: Path = typer.Option(Path("sample.png"), help="sd_base: PNG to write (one image, or a grid for several prompts)."),
@@ -55,15 +56,15 @@ def sample(
 ) -> None:
     """Generate from a trained model: images from sd_base, text continuations from llm_base."""
     from training_jobs.launcher import default_tracking_uri, project_root
-    from training_jobs.model_inputs import resolve_model_path
+    from training_jobs.model_inputs import default_reference, resolve_model_path
 
     if model not in REGISTERED_MODELS:
         typer.secho(f"error: sampling is available for {', '.join(REGISTERED_MODELS)}, not {model!r}",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
+    tracking_uri = default_tracking_uri(project_root())
     try:
-        path = resolve_model_path(weights or f"models:/{REGISTERED_MODELS[model]}/latest",
-                                  default_tracking_uri(project_root()))
+        path = resolve_model_path(weights or default_reference(REGISTERED_MODELS[model], tracking_uri), tracking_uri)
     except FileNotFoundError as exc:
         typer.secho(f"error: --weights: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from exc

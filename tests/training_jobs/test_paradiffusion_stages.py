@@ -24,9 +24,26 @@ def stages(tiny_text_data, tmp_path_factory):
                  tracking_uri=uri, versions={})
     s1 = launch("paradiffusion_stage1", "tiny", [prepared, storage, f"data.vae={vae.model_dir}",
                                                   f"data.llm={llm.model_dir}"], tracking_uri=uri, versions={})
+    # each stage's default data.init is the previous stage's champion: promote as the promotion asset would
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.set_registered_model_alias("genops-paradiffusion-stage1", "champion", s1.registered_version)
     s2 = launch("paradiffusion_stage2", "tiny", [prepared, storage], tracking_uri=uri, versions={})
+    client.set_registered_model_alias("genops-paradiffusion-stage2", "champion", s2.registered_version)
     s3 = launch("paradiffusion_stage3", "tiny", [prepared, storage], tracking_uri=uri, versions={})
     return {"uri": uri, "vae": vae, "llm": llm, 1: s1, 2: s2, 3: s3, "prepared": prepared, "storage": storage}
+
+
+def test_a_missing_champion_is_named_and_user_commands_fall_back_to_latest(stages):
+    from training_jobs.model_inputs import default_reference, resolve_model_path
+
+    with pytest.raises(FileNotFoundError, match="genops-paradiffusion-stage3.*alias 'champion'.*stage3/latest"):
+        resolve_model_path("models:/genops-paradiffusion-stage3@champion", stages["uri"])
+    said = []
+    assert default_reference("genops-paradiffusion-stage3", stages["uri"], said.append) == (
+        "models:/genops-paradiffusion-stage3/latest")
+    assert default_reference("genops-paradiffusion-stage1", stages["uri"], said.append) == (
+        "models:/genops-paradiffusion-stage1@champion")
+    assert "no champion" in said[0] and "version 1" in said[1]
 
 
 def test_each_stage_starts_from_the_previous_registered_model(stages):
@@ -36,7 +53,7 @@ def test_each_stage_starts_from_the_previous_registered_model(stages):
         assert stages[stage].registered_version == "1"
     for stage in (2, 3):
         tags = client.get_run(stages[stage].run_id).data.tags
-        assert tags["genops.init_model"] == f"models:/genops-paradiffusion-stage{stage - 1}/latest"
+        assert tags["genops.init_model"] == f"models:/genops-paradiffusion-stage{stage - 1}@champion"
         assert tags["genops.init_model_run_id"] == stages[stage - 1].run_id
         assert tags["genops.init_model_version"] == "1"
     artifacts = [a.path for a in client.list_artifacts(stages[3].run_id, "samples")]

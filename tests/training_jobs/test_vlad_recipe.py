@@ -1,5 +1,6 @@
 """The VLAD recipe through the real launcher (Ray Train local mode, MLflow on SQLite) for a few steps."""
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from components.models.autoencoder import (
 from components.models.clip_base import ClipBase, ClipBaseConfig
 from components.models.vlad import VLAD, WEIGHTS_FILE
 from training_jobs.launcher import CONFIG_ROOT, launch, resolve_config
+from training_jobs.vlad_evaluation import slug
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +75,38 @@ def test_launcher_trains_vlad_and_exports(vlad_inputs, tmp_path, switch):
         assert "words ['OPEN']" in cli.output
         assert Image.open(out).size == (32, 32)
         assert Image.open(tmp_path / "x.layout.png").size == (32, 32)
+        _table1_is_logged_to_mlflow(result, prepared, tmp_path)
+
+
+def _table1_is_logged_to_mlflow(result, prepared, tmp_path):
+    """`python -m training_jobs.vlad_evaluation` scores the registered model on the mario_eval prompts and logs
+    Table I (markdown, JSON, one metric per cell, the row's registry version as a tag) to an MLflow run."""
+    import json
+
+    import mlflow
+
+    from components.models.clip_evaluator import ClipEvaluator, ClipEvaluatorConfig
+    from training_jobs.vlad_evaluation import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    evaluator = tmp_path / "clip_evaluator"
+    ClipEvaluator.from_config(load_config(ClipEvaluatorConfig, CONFIG_ROOT / "models" / "clip_evaluator" / "tiny.yaml"),
+                              AutoTokenizer.from_pretrained(prepared.parent / "tokenizer")).save_pretrained(evaluator)
+    out = tmp_path / "table1.md"
+    main(["--row", "VLAD=vlad:models:/genops-vlad/1", "--prompts", "2", "--steps", "2", "--evaluator", str(evaluator),
+          "--prepared-root", str(prepared), "--tracking-uri", uri, "--out", str(out), "--experiment", "table1"])
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("table1").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["genops.kind"] == "comparison"
+    assert run.data.tags["genops.row.vlad_version"] == "1"
+    assert run.data.tags["genops.row.vlad_run_id"] == result.run_id
+    assert "genops.dataset.mario_eval" in run.data.tags
+    local = Path(client.download_artifacts(run.info.run_id, "vlad_table1.json", str(tmp_path / "artifacts")))
+    cells = json.loads(local.read_text())
+    assert set(cells) == {"VLAD", "ground truth (ceiling)", "ground truth at 32 px"}
+    for row, metrics in cells.items():
+        for key, value in metrics.items():
+            assert run.data.metrics[f"{slug(row)}/{key}"] == pytest.approx(value)
+    assert "| VLAD |" in out.read_text()
+    assert out.read_text() == Path(client.download_artifacts(run.info.run_id, "vlad_table1.md",
+                                                            str(tmp_path / "artifacts"))).read_text()

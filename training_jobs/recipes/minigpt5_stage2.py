@@ -1,7 +1,7 @@
 """Recipe: MiniGPT-5 stage 2, fine-tuning on VIST-format stories and MMDialog-format dialogues (Sec. 3.3, 4.1).
 
     genops train minigpt5_stage2 --profile demo
-    (data.init defaults to stage 1's registered weights, models:/genops-minigpt5-stage1/latest)
+    (data.init defaults to stage 1's registered weights, models:/genops-minigpt5-stage1@champion)
 
 Starts from stage 1's export; LoRA on the LLM (r, alpha, dropout, targets from model.lora; the
 official r 8, alpha 16, dropout 0.05 on q_proj/v_proj), the voken rows and the mapper's enc-dec are
@@ -49,9 +49,9 @@ class DataSection:
     """Root of the prepared datasets (DVC outputs)."""
     datasets: list[str] = field(default_factory=lambda: ["vist", "mmdialog"])
     """Interleaved story / dialogue datasets of the fine-tuning stage."""
-    init: str = "models:/genops-minigpt5-stage1/latest"
+    init: str = "models:/genops-minigpt5-stage1@champion"
     """Stage 1's export (folder or registry URI) this stage starts from."""
-    evaluator: str | None = "models:/genops-clip-evaluator/latest"
+    evaluator: str | None = "models:/genops-clip-evaluator@champion"
     """The evaluator CLIP for CLIP-I and MM-Relevance at the end (null: no evaluation)."""
     eval_datasets: list[str] = field(default_factory=lambda: ["vist"])
     """Held-out stories scored at the end (their last step)."""

@@ -1,7 +1,7 @@
 """Recipe: ParaDiffusion stage 2, paragraph-image alignment (Sec. 3.1.2, 3.2 "Stage 2"): LoRA on the
 frozen LLM trained jointly with the UNet on `paraimage_big` (eq. 2).
 
-    genops train paradiffusion_stage2 --profile demo data.init=models:/genops-paradiffusion-stage1/latest
+    genops train paradiffusion_stage2 --profile demo data.init=models:/genops-paradiffusion-stage1@champion
 
 Starts from the previous stage's registered model (`data.init`; its run and version are tagged on this
 run as genops.init_model_*). `model` holds the LoRA settings: an init model without an adapter gets
@@ -33,7 +33,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     """Shared training-loop settings."""
     data: StageData = field(default_factory=lambda: StageData(
-        datasets=["paraimage_big"], vae="", llm="", init="models:/genops-paradiffusion-stage1/latest"))
+        datasets=["paraimage_big"], vae="", llm="", init="models:/genops-paradiffusion-stage1@champion"))
     """Paragraph datasets, the previous stage's model and the held-out paragraphs."""
     scaling: ScalingSection = field(default_factory=ScalingSection)
     """Ray Train workers and resources."""

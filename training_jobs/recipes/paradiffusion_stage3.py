@@ -1,7 +1,7 @@
 """Recipe: ParaDiffusion stage 3, quality tuning (Sec. 3.2 "Stage 3"): the adapter and UNet of stage 2
 tuned further on the small hand-picked `paraimage_small` at a smaller learning rate.
 
-    genops train paradiffusion_stage3 --profile demo data.init=models:/genops-paradiffusion-stage2/latest
+    genops train paradiffusion_stage3 --profile demo data.init=models:/genops-paradiffusion-stage2@champion
 
 Starts from the previous stage's registered model (`data.init`; its run and version are tagged on this
 run as genops.init_model_*). `model` holds the LoRA settings: an init model without an adapter gets
@@ -33,7 +33,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     """Shared training-loop settings."""
     data: StageData = field(default_factory=lambda: StageData(
-        datasets=["paraimage_small"], vae="", llm="", init="models:/genops-paradiffusion-stage2/latest"))
+        datasets=["paraimage_small"], vae="", llm="", init="models:/genops-paradiffusion-stage2@champion"))
     """Paragraph datasets, the previous stage's model and the held-out paragraphs."""
     scaling: ScalingSection = field(default_factory=ScalingSection)
     """Ray Train workers and resources."""

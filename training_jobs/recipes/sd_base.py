@@ -1,6 +1,6 @@
 """Recipe: the SD-style base model (`sd_base`), CLIP text encoder + UNet trained on short captions.
 
-    genops train sd_base --profile demo data.vae=<vae model folder or models:/genops-vae/latest>
+    genops train sd_base --profile demo data.vae=<vae model folder or models:/genops-vae@champion>
     genops train sd_base --profile demo data.init=models:/genops-sd-base@champion   # continue from its weights
 
 Latent diffusion (Rombach et al. 2022): images go through the frozen shared VAE (a posterior sample,
@@ -56,7 +56,7 @@ class DataSection:
     """Prepared short-caption datasets to train on."""
     tokenizer: str = "data/tokenizer"
     """Tokenizer folder (Hugging Face format): the project's BPE or a pretrained one."""
-    vae: str = "models:/genops-vae/latest"
+    vae: str = "models:/genops-vae@champion"
     """The frozen autoencoder: a save_pretrained folder, or a registry URI models:/<name>/<version|latest>;
     empty: the vae/ saved in data.init's export (with data.init, the VAE must be that one)."""
     cache_latents: bool = True

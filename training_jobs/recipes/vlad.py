@@ -1,6 +1,6 @@
 """Recipe: VLAD (`vlad`), contrastive alignment + CCM + layout-then-visual diffusion on text-rich data.
 
-    genops train vlad --profile demo data.lvlm=models:/genops-clip-base/latest data.vae=models:/genops-vae/latest
+    genops train vlad --profile demo data.lvlm=models:/genops-clip-base@champion data.vae=models:/genops-vae@champion
 
 The LVLM is the registered `clip_base` with LoRA (`components/models/vlad.py`); images go through the
 frozen shared VAE once (cache_latents). The training set is the MARIO-format text-rich images
@@ -48,9 +48,9 @@ class DataSection:
     """Root of the prepared datasets (DVC outputs)."""
     datasets: list[str] = field(default_factory=lambda: ["mario_laion", "paraimage_small"])
     """Prepared text-rich (MARIO format) and multi-object scene (ParaImage format) datasets to train on."""
-    lvlm: str = "models:/genops-clip-base/latest"
+    lvlm: str = "models:/genops-clip-base@champion"
     """The LVLM: a clip_base folder or registry URI (its tokenizer is the model's); never the evaluator."""
-    vae: str = "models:/genops-vae/latest"
+    vae: str = "models:/genops-vae@champion"
     """The frozen autoencoder: a save_pretrained folder, or a registry URI models:/<name>/<version|latest>."""
     grid_prompts: int = 8
     """Validation prompts in the fixed-seed sample grid (and its layout grid)."""
