@@ -1,5 +1,5 @@
-"""The production sampler: one interface over two backends, ONNX Runtime and PyTorch, for sd_base and
-ParaDiffusion bundles.
+"""The production sampler: one interface over two backends, ONNX Runtime and PyTorch, for sd_base, ParaDiffusion
+and VLAD bundles.
 
     sampler = load_sampler(bundle_dir, backend="onnx")        # verifies the bundle's checksums first
     images = sampler.generate(["a red circle"], seed=0)        # list of PIL images
@@ -27,7 +27,13 @@ Families (`load_sampler` reads the manifest's `family`):
   beside the states as the context's last channel (`ParaDiffusion.encode_text`'s packing) and the UNet takes it
   as its own input: the computation of `serving.export.paradiffusion.onnx_images`. The sampling settings come
   from the model's config, the VAE's config and the manifest's `serving` section (`paradiffusion_spec`).
-- vlad, minigpt5_stage1/2: refused with a BundleError saying why (`UNSUPPORTED_FAMILIES`).
+- vlad: four graphs (`VladSampler`): the text side (LVLM text tower + CCM) takes the prompt decomposed on the host
+  (`serving.export.vlad.tokenize_prompts`, `decompose_prompt`'s units), the Text Layout Generator draws the layout
+  z once per prompt, and the VFE UNet denoises Concat(x_t, z) under the context's padding mask: the computation
+  of `serving.export.vlad.onnx_images` (and `VLAD.generate`), with any negative prompts. The PyTorch backend runs
+  the same wrapper modules the graphs were exported from, on the bundle's weights with the LVLM's LoRA unmerged
+  (as trained). The layout is kept (`VladSampler.last_layout`) for callers that want it beside the image.
+- minigpt5_stage1/2: refused with a BundleError saying why (`UNSUPPORTED_FAMILIES`).
 """
 
 from __future__ import annotations
@@ -50,22 +56,21 @@ from components.models.clip_evaluator import tokenize_captions
 logger = logging.getLogger(__name__)
 
 Backend = Literal["onnx", "torch"]
-Family = Literal["sd_base", "paradiffusion"]
+Family = Literal["sd_base", "paradiffusion", "vlad"]
 
 # manifest family -> the sampler family that runs it
 SAMPLER_FAMILIES: dict[str, Family] = {"sd_base": "sd_base", "paradiffusion_stage1": "paradiffusion",
-                                       "paradiffusion_stage2": "paradiffusion", "paradiffusion_stage3": "paradiffusion"}
+                                       "paradiffusion_stage2": "paradiffusion", "paradiffusion_stage3": "paradiffusion",
+                                       "vlad": "vlad"}
 MINIGPT5_UNSUPPORTED = ("its images are conditioned on the LLM's voken states, and the LLM stays in PyTorch (an "
                         "autoregressive narration loop, manifest onnx.not_exported): its ONNX graphs start from voken "
                         "states, not from a prompt")
 # manifest family -> why the sampler does not run it
-UNSUPPORTED_FAMILIES = {
-    "vlad": "its UNet (vfe_unet) denoises Concat(x_t, layout) with a layout the Text Layout Generator graph (tlg) "
-            "draws first, and its text graph takes prompt units decomposed on the host (decompose_prompt), so its "
-            "pipeline has four graphs and inputs the text encoder -> UNet -> VAE decoder loop does not make",
-    "minigpt5_stage1": MINIGPT5_UNSUPPORTED,
-    "minigpt5_stage2": MINIGPT5_UNSUPPORTED,
-}
+UNSUPPORTED_FAMILIES = {"minigpt5_stage1": MINIGPT5_UNSUPPORTED, "minigpt5_stage2": MINIGPT5_UNSUPPORTED}
+# the graphs each family's OnnxBackend opens (vlad's tlg only when the bundle has one: without hierarchical guidance)
+GRAPHS: dict[str, tuple[str, ...]] = {"sd_base": ("text_encoder", "unet", "vae_decoder"),
+                                      "paradiffusion": ("text_encoder", "unet", "vae_decoder"),
+                                      "vlad": ("text_encoder", "tlg", "vfe_unet", "vae_decoder")}
 
 
 @dataclass
@@ -109,7 +114,9 @@ class OnnxBackend:
         # keep onnxruntime quiet while creating sessions, check what is active, and say it once ourselves.
         ort.set_default_logger_severity(4)
         try:
-            for name in ("text_encoder", "unet", "vae_decoder"):
+            for name in GRAPHS[family]:
+                if name == "tlg" and not (onnx_dir / "tlg.onnx").is_file():
+                    continue  # a VLAD without hierarchical guidance
                 session = ort.InferenceSession(str(onnx_dir / f"{name}.onnx"), options, providers=providers)
                 self.sessions[name] = session
                 if "CUDAExecutionProvider" not in session.get_providers():
@@ -124,8 +131,8 @@ class OnnxBackend:
                            "running on CPU", active)
         logger.info("onnxruntime sessions on %s (providers per session: %s)", self.device.upper(), active)
         self.family = family
-        unet_inputs = [i.name for i in self.sessions["unet"].get_inputs()]
-        if family == "paradiffusion" and "encoder_attention_mask" not in unet_inputs:
+        unet_inputs = [i.name for i in self.sessions["vfe_unet" if family == "vlad" else "unet"].get_inputs()]
+        if family in ("paradiffusion", "vlad") and "encoder_attention_mask" not in unet_inputs:
             raise BundleError(f"{onnx_dir / 'unet.onnx'} takes {unet_inputs}: a paradiffusion UNet graph takes the "
                               "padding mask as its input encoder_attention_mask")
 
@@ -137,6 +144,13 @@ class OnnxBackend:
         binding.bind_output(session.get_outputs()[0].name, self.device)
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    def run(self, name: str, **inputs: torch.Tensor) -> torch.Tensor:
+        """Graph `name` on torch inputs (bool stays bool, integers int64, floats float32) -> its first output."""
+        feed = {k: v.numpy() if v.dtype == torch.bool else v.numpy().astype(np.float32 if v.is_floating_point()
+                                                                            else np.int64)
+                for k, v in inputs.items()}
+        return torch.from_numpy(self._run(name, **feed))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._run("text_encoder", input_ids=input_ids.numpy().astype(np.int64),
@@ -341,6 +355,136 @@ class Sampler:
                                             steps=steps, guidance_scale=guidance_scale))
 
 
+class VladTorchBackend:
+    """VLAD's four computations in PyTorch: the very modules its ONNX graphs were exported from
+    (`serving.export.vlad`'s wrappers), on the bundle's weights with the LVLM's LoRA unmerged, as trained."""
+
+    name = "torch"
+
+    def __init__(self, pytorch_dir: Path, io: dict[str, Any], device: str = "auto"):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        from components.models.autoencoder import load_autoencoder
+        from components.models.vlad import VLAD
+        from serving.export.sd_base import VaeDecoderGraph
+        from serving.export.vlad import TextSideGraph, TLGGraph, VFEGraph
+
+        cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+        if device == "cuda" and not cuda:
+            raise RuntimeError("--device cuda: torch sees no CUDA device")
+        self.device = torch.device("cuda" if cuda else "cpu")
+        model = VLAD.from_pretrained(pytorch_dir).eval()
+        model.unet.set_attn_processor(AttnProcessor2_0())  # its cross-attention is masked: SDPA, not the Triton kernel
+        self.attention = "sdpa"
+        self.modules = {"text_encoder": TextSideGraph(model), "vfe_unet": VFEGraph(model),
+                        "vae_decoder": VaeDecoderGraph(load_autoencoder(pytorch_dir / "vae"))}
+        if model.tlg is not None:
+            self.modules["tlg"] = TLGGraph(model)
+        for module in self.modules.values():
+            module.eval().to(self.device)
+        self.input_names = {name: list(io[name]["inputs"]) for name in self.modules}  # the graphs' argument order
+        logger.info("PyTorch backend on %s, attention: %s", self.device, self.attention)
+
+    @torch.no_grad()
+    def run(self, name: str, **inputs: torch.Tensor) -> torch.Tensor:
+        args = [inputs[key].to(self.device) for key in self.input_names[name] if key in inputs]
+        return self.modules[name](*args).float().cpu()
+
+
+class VladConditioning:
+    """VLAD's host side: the prompt decomposed into its global text and local units and tokenized as
+    `VLAD.condition` does (`serving.export.vlad.tokenize_prompts`)."""
+
+    special_tokens = "<bos>/<eos>"
+
+    def __init__(self, tokenizer, max_length: int, max_local_units: int | None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_local_units = max_local_units  # None: no CCM (no local units)
+
+    def inputs(self, prompts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        from serving.export.vlad import tokenize_prompts
+
+        return tokenize_prompts(self.tokenizer, self.max_length, self.max_local_units, prompts)
+
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 2
+
+
+def _pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad the token axis (dim 1) of (N, T, ...) to `length` (False for a mask): masked, so no weight."""
+    pad = x.new_zeros((x.shape[0], length - x.shape[1], *x.shape[2:]))
+    return torch.cat([x, pad], dim=1)
+
+
+class VladSampler(Sampler):
+    """VLAD's pipeline: text side -> layout (TLG) -> guided VFE loop over Concat(x_t, z) -> VAE decoder."""
+
+    def __init__(self, backend: OnnxBackend | VladTorchBackend, conditioning: VladConditioning, noise_scheduler,
+                 spec: SamplingSpec, layout: bool):
+        super().__init__(backend, conditioning, noise_scheduler, spec)
+        self.layout = layout
+        self.last_layout: torch.Tensor | None = None  # (B, 3, h, w) in [0, 1] of the last `pixels` call
+
+    def pixels(self, prompts: Sequence[str], *, negative_prompts: Sequence[str] | None = None, noise: torch.Tensor,
+               steps: int | None = None, guidance_scale: float | None = None) -> torch.Tensor:
+        steps = steps or self.spec.num_inference_steps
+        guidance_scale = self.spec.guidance_scale if guidance_scale is None else guidance_scale
+        run = self.backend.run
+        inputs, mask = self.conditioning.inputs(prompts)
+        tokens = run("text_encoder", **inputs)  # (B, T, P)
+        layout = run("tlg", context=tokens, context_mask=mask) if self.layout else None  # (B, 3, h, w)
+        self.last_layout = layout
+        uncond, uncond_mask = None, None
+        if guidance_scale > 1.0:
+            negatives = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
+            negatives = negatives[:1] if len(set(negatives)) == 1 else negatives
+            negative_inputs, uncond_mask = self.conditioning.inputs(negatives)
+            uncond = run("text_encoder", **negative_inputs)  # (1 or B, T', P)
+            length = max(tokens.shape[1], uncond.shape[1])
+            tokens, mask = _pad_tokens(tokens, length), _pad_tokens(mask, length)
+            uncond, uncond_mask = _pad_tokens(uncond, length), _pad_tokens(uncond_mask, length)
+        batch = len(prompts)
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            m, z = mask, layout
+            if x.shape[0] == 2 * batch:  # classifier-free guidance: [uncond; cond], as VLAD._denoiser
+                m = torch.cat([uncond_mask.expand(batch, -1), mask])
+                z = torch.cat([layout, layout]) if layout is not None else None
+            extra = {"layout": z} if z is not None else {}
+            return run("vfe_unet", sample=x, timestep=t, encoder_hidden_states=context,
+                       encoder_attention_mask=m.float(), **extra)
+
+        latents = sample(denoise, make_sampling_scheduler(self.noise_scheduler, self.spec.sampler), tokens, uncond,
+                         latent_shape=tuple(noise.shape[1:]), num_inference_steps=steps,
+                         guidance_scale=guidance_scale, latents=noise)
+        return run("vae_decoder", latents=latents)
+
+
+def vlad_spec(bundle_dir: Path, manifest: dict[str, Any]) -> tuple[SamplingSpec, Any]:
+    """(SamplingSpec, VLADConfig) of a vlad bundle: the sampler, steps and guidance of the model's config (what
+    `VLAD.generate` uses), the latent grid of its VFE (fixed: the TLG's query grid), the VAE's factor, and the
+    manifest's `serving` section."""
+    from components.config import from_dict
+    from components.models.vlad import GENOPS_CONFIG_FILE, VLADConfig
+    from serving.bundle import BundleError
+
+    pytorch_dir = bundle_dir / manifest["layout"]["pytorch"]
+    cfg_file = pytorch_dir / GENOPS_CONFIG_FILE
+    cfg = from_dict(VLADConfig, json.loads(cfg_file.read_text()), str(cfg_file))
+    vae = json.loads((pytorch_dir / "vae" / "config.json").read_text())
+    serving = manifest["serving"]
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    if vae["sample_size"] // factor != cfg.unet.sample_size:
+        raise BundleError(f"{bundle_dir}: the VAE's latent grid ({vae['sample_size']} // {factor}) is not the VFE's "
+                          f"({cfg.unet.sample_size}, {cfg_file})")
+    spec = SamplingSpec(latent_channels=vae["latent_channels"], latent_side=cfg.unet.sample_size, vae_factor=factor,
+                        max_length=serving["max_prompt_tokens"], sampler=cfg.diffusion.sampler,
+                        num_inference_steps=cfg.diffusion.num_inference_steps,
+                        guidance_scale=cfg.diffusion.guidance_scale, allowed_sides=list(serving["allowed_sides"]))
+    return spec, cfg
+
+
 def paradiffusion_spec(bundle_dir: Path, manifest: dict[str, Any]) -> tuple[SamplingSpec, Any]:
     """(SamplingSpec, ParaDiffusionConfig) of a paradiffusion bundle, which has no sampler.json: the sampler,
     steps and guidance of the model's config (what `ParaDiffusion.generate` uses), the latent shape of the VAE's
@@ -387,14 +531,21 @@ def load_sampler(bundle_dir: str | Path, backend: Backend = "onnx", device: str 
     noise_scheduler = DDPMScheduler.from_pretrained(bundle_dir / layout["scheduler"])
     if family == "paradiffusion":
         spec, cfg = paradiffusion_spec(bundle_dir, manifest)
+    elif family == "vlad":
+        spec, cfg = vlad_spec(bundle_dir, manifest)
     else:
         spec = SamplingSpec.from_json(bundle_dir / layout["sampler"])
     if backend == "onnx":
         impl = OnnxBackend(bundle_dir / layout["onnx"], device, threads, family=family)
+    elif backend == "torch" and family == "vlad":
+        impl = VladTorchBackend(bundle_dir / layout["pytorch"], manifest["onnx"]["io"], device)
     elif backend == "torch":
         impl = TorchBackend(bundle_dir / layout["pytorch"], device, family=family)
     else:
         raise ValueError(f"--backend must be 'onnx' or 'torch', got {backend!r}")
+    if family == "vlad":
+        conditioning = VladConditioning(tokenizer, spec.max_length, cfg.max_local_units if cfg.ccm.enabled else None)
+        return VladSampler(impl, conditioning, noise_scheduler, spec, layout=cfg.layout.enabled)
     if family == "paradiffusion":
         conditioning = ParagraphConditioning(tokenizer, cfg.max_tokens, cfg.padding, impl.encode_text)
     else:

@@ -81,6 +81,16 @@ def generate(
     atomic_write_bytes(out, png_bytes(image_row(images)))
     typer.echo(f"wrote {out} ({len(images)} image(s), {images[0].size[0]}x{images[0].size[1]}) with the "
                f"{backend} backend on {sampler.backend.device} in {elapsed:.2f} s")
+    layout = getattr(sampler, "last_layout", None)  # VLAD: the Text Layout Generator's z, beside the image
+    if layout is not None:
+        from PIL import Image
+
+        from components.models.vlad import layout_image
+
+        scale = max(1, images[0].size[0] // layout.shape[-1])
+        layout_file = out.with_name(out.stem + ".layout.png")
+        atomic_write_bytes(layout_file, png_bytes(image_row([Image.fromarray(layout_image(z, scale)) for z in layout])))
+        typer.echo(f"wrote {layout_file} (the layout each image was drawn from)")
 
 
 def serve(

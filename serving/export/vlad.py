@@ -115,16 +115,23 @@ class VFEGraph(nn.Module):
 def text_inputs(model, prompts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The text graph's inputs for `prompts` and the context mask (B, T) bool, exactly as `VLAD.condition`
     tokenizes: global texts cut to the longest, local units padded to max_local_units with "" (masked)."""
+    return tokenize_prompts(model.tokenizer, model.lvlm.max_length, model.cfg.max_local_units if model.ccm else None,
+                            prompts)
+
+
+def tokenize_prompts(tokenizer, max_length: int, max_local_units: int | None,
+                     prompts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`text_inputs` from the tokenizer and the two numbers it needs (`max_local_units` None: no CCM), so the
+    production sampler runs it from a bundle without building the model."""
     from components.models.clip_evaluator import tokenize_captions
     from components.models.vlad import decompose_prompt
 
-    tokenizer, max_length = model.tokenizer, model.lvlm.max_length
     ids, mask = tokenize_captions(tokenizer, list(prompts), max_length)
     keep = int(mask.sum(dim=1).max())
     inputs = {"input_ids": ids[:, :keep], "attention_mask": mask[:, :keep]}
-    if model.ccm is None:
+    if max_local_units is None:
         return inputs, torch.cat([torch.ones(len(prompts), 1, dtype=torch.bool), mask[:, :keep].bool()], dim=1)
-    m = model.cfg.max_local_units
+    m = max_local_units
     units = [[u.text for u in decompose_prompt(p, m).local] for p in prompts]
     local_mask = torch.tensor([[i < len(row) for i in range(m)] for row in units], dtype=torch.bool)  # (B, M)
     flat = [row[i] if i < len(row) else "" for row in units for i in range(m)]

@@ -1,4 +1,4 @@
-"""Serving fixtures: a tiny sd_base and a tiny ParaDiffusion exported once per session, a live uvicorn server on
+"""Serving fixtures: a tiny sd_base, a tiny ParaDiffusion and a tiny VLAD exported once per session, a live uvicorn server on
 loopback, and the helpers the family exports share (a tiny VAE, random values on zero-initialised weights)."""
 
 from __future__ import annotations
@@ -101,6 +101,46 @@ def perturb(module, names: tuple[str, ...], scale: float, seed: int) -> None:
                 p.add_(scale * torch.randn(p.shape, generator=g))
 
 
+def prediction_gains(noise_scheduler, sampler: str, steps: int) -> list[float]:
+    """|g_i|: how much a unit error in step i's prediction moves the final latents (the scheduler is linear in them)."""
+    import torch
+
+    from components.diffusion import make_sampling_scheduler
+
+    gains = []
+    for i in range(steps):
+        scheduler = make_sampling_scheduler(noise_scheduler, sampler)
+        scheduler.set_timesteps(steps)
+        latents = torch.zeros(1, 1)
+        for j, t in enumerate(scheduler.timesteps):
+            latents = scheduler.step(torch.full((1, 1), float(i == j)), t, latents).prev_sample
+        gains.append(abs(float(latents)))
+    return gains
+
+
+def float32_tolerance(manifest: dict, sampler, steps: int, graphs_per_call: int = 2) -> float:
+    """The largest pixel difference (in [-1, 1]) float32 rounding explains between two pipelines of this bundle.
+
+    delta: how far the bundle's graphs and their PyTorch modules disagree in float32, as the export measured it
+    (parity rows; the LoRA merge's output difference): the same sums reassociated (other blockings, other
+    vectorisation) differ by a few ulp (2^-24) of the O(1) values summed, ~1e-6 here. To first order in delta:
+    a UNet call's prediction is off by <= graphs_per_call * delta (its own, and the text encoder's through
+    cross-attention, whose gain the tiny UNet's small weights keep under 1; VLAD adds the layout graph's through
+    the UNet's input channels: 3); guidance e_u + s (e_c - e_u) multiplies that by at most
+    |1 - s| + s = 2s - 1; step i's prediction error reaches the final latents times g_i (`prediction_gains`,
+    exact: sum |g_i| ~ 160 here, because the first step's x0 estimate divides the prediction by alpha where
+    sigma / alpha = exp(5.1), DPM-Solver++'s lambda_min_clipped on the cosine schedule); the decoder (gain ~0.9
+    measured on random directions) passes that on and adds its own delta.
+    Tolerance: (2s - 1) * sum |g_i| * graphs_per_call * delta + delta, ~2e-3 at s = 3: under one uint8 level (2/255), and far
+    under what a wrong conditioning does (the UNet without its padding mask moves pixels by ~0.1).
+    """
+    parity = manifest["parity"]
+    delta = max([r["max_abs_err"] for r in parity["graphs"]] + [parity["lora_merge"]["output_max_abs_diff"]])
+    s = sampler.spec.guidance_scale
+    gain = sum(prediction_gains(sampler.noise_scheduler, sampler.spec.sampler, steps))
+    return (2 * s - 1) * gain * graphs_per_call * delta + delta
+
+
 # ParaDiffusion's text limit in the tiny bundle: room for the export's two-sentence parity prompts (21 tokens with
 # <s>), small enough that the service's token limit is reached below its 2000-character prompt limit.
 PARADIFFUSION_MAX_TOKENS = 32
@@ -130,4 +170,46 @@ def paradiffusion_bundle(paradiffusion_dir, tmp_path_factory):
                 "uri": "models:/genops-paradiffusion-stage2/3"}
     manifest = build_bundle(out, "paradiffusion_stage2", paradiffusion_dir, registry,
                             {"source_run": "run-42", "git_commit": "cafe123"}, e2e_steps=3)
+    return out, manifest
+
+
+@pytest.fixture(scope="session")
+def vlad_dir(tmp_path_factory):
+    """A tiny VLAD (CCM with 4 local units, TLG, 8x8 latent VFE) with LoRA B and the UNet's conv_out perturbed
+    (zero-initialised, they would hide a wrong merge or a wrong UNet input), and a 16 px VAE."""
+    import torch
+    from tiny_sd import tiny_tokenizer
+
+    from components.models.clip_base import ClipBaseConfig
+    from components.models.clip_evaluator import CLIPTextTowerConfig, CLIPVisionTowerConfig
+    from components.models.sd_base import SDUNetConfig
+    from components.models.vlad import VLAD, CCMSection, LayoutSection, VLADConfig
+
+    cfg = VLADConfig(
+        lvlm=ClipBaseConfig(
+            text=CLIPTextTowerConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                     num_hidden_layers=1, max_position_embeddings=24),
+            vision=CLIPVisionTowerConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64,
+                                         num_attention_heads=2, num_hidden_layers=1),
+            projection_dim=32),
+        max_local_units=4, ccm=CCMSection(heads=2), layout=LayoutSection(layers=1, heads=2),
+        unet=SDUNetConfig(sample_size=8, block_out_channels=(16, 32), cross_attention=(True, True),
+                          attention_head_dim=(2, 4), norm_num_groups=8))
+    cfg.diffusion.num_inference_steps = 3
+    torch.manual_seed(0)
+    model = VLAD.from_config(cfg, tiny_tokenizer()).eval()
+    perturb(model, ("lora_B",), 0.2, seed=4)
+    perturb(model.unet, ("conv_out",), 0.05, seed=5)
+    return model.save_pretrained(tmp_path_factory.mktemp("vlad") / "model", vae=tiny_vae(16))
+
+
+@pytest.fixture(scope="session")
+def vlad_bundle(vlad_dir, tmp_path_factory):
+    """The tiny VLAD exported to a bundle (3 end-to-end steps): (folder, manifest)."""
+    from serving.bundle import build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "vlad"
+    registry = {"model": "genops-vlad", "version": 2, "alias": "champion", "uri": "models:/genops-vlad/2"}
+    manifest = build_bundle(out, "vlad", vlad_dir, registry, {"source_run": "run-7", "git_commit": "cafe123"},
+                            e2e_steps=3)
     return out, manifest

@@ -14,7 +14,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import PARADIFFUSION_MAX_TOKENS, LiveServer, http
+from conftest import PARADIFFUSION_MAX_TOKENS, LiveServer, float32_tolerance, http
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -25,43 +25,6 @@ PROMPTS = ["There is a red circle at the top left. There is a blue square at the
 STEPS = 3
 # 31 tokens + <s> = PARADIFFUSION_MAX_TOKENS: the longest prompt the service takes
 AT_LIMIT = "There is a red circle at the top left. " * 3
-
-
-def prediction_gains(noise_scheduler, sampler: str, steps: int) -> list[float]:
-    """|g_i|: how much a unit error in step i's prediction moves the final latents (the scheduler is linear in them)."""
-    from components.diffusion import make_sampling_scheduler
-
-    gains = []
-    for i in range(steps):
-        scheduler = make_sampling_scheduler(noise_scheduler, sampler)
-        scheduler.set_timesteps(steps)
-        latents = torch.zeros(1, 1)
-        for j, t in enumerate(scheduler.timesteps):
-            latents = scheduler.step(torch.full((1, 1), float(i == j)), t, latents).prev_sample
-        gains.append(abs(float(latents)))
-    return gains
-
-
-def float32_tolerance(manifest: dict, sampler, steps: int) -> float:
-    """The largest pixel difference (in [-1, 1]) float32 rounding explains between two pipelines of this bundle.
-
-    delta: how far the bundle's graphs and their PyTorch modules disagree in float32, as the export measured it
-    (parity rows; the LoRA merge's output difference): the same sums reassociated (other blockings, other
-    vectorisation) differ by a few ulp (2^-24) of the O(1) values summed, ~1e-6 here. To first order in delta:
-    a UNet call's prediction is off by <= 2 delta (its own, and the text encoder's through cross-attention, whose
-    gain the tiny UNet's small weights keep under 1); guidance e_u + s (e_c - e_u) multiplies that by at most
-    |1 - s| + s = 2s - 1; step i's prediction error reaches the final latents times g_i (`prediction_gains`,
-    exact: sum |g_i| ~ 160 here, because the first step's x0 estimate divides the prediction by alpha where
-    sigma / alpha = exp(5.1), DPM-Solver++'s lambda_min_clipped on the cosine schedule); the decoder (gain ~0.9
-    measured on random directions) passes that on and adds its own delta.
-    Tolerance: (2s - 1) * sum |g_i| * 2 delta + delta, ~2e-3 at s = 3: under one uint8 level (2/255), and far
-    under what a wrong conditioning does (the UNet without its padding mask moves pixels by ~0.1).
-    """
-    parity = manifest["parity"]
-    delta = max([r["max_abs_err"] for r in parity["graphs"]] + [parity["lora_merge"]["output_max_abs_diff"]])
-    s = sampler.spec.guidance_scale
-    gain = sum(prediction_gains(sampler.noise_scheduler, sampler.spec.sampler, steps))
-    return (2 * s - 1) * gain * 2 * delta + delta
 
 
 @pytest.fixture(scope="module")
