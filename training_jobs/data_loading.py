@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,4 +82,62 @@ def encoded_batch_stream(
         order = torch.randperm(count, generator=generator)
         for start in range(0, count - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
+            yield {**{k: v[index] for k, v in tensors.items()}, **{k: [v[i] for i in index.tolist()] for k, v in lists.items()}}
+
+
+def bucketed_batch_stream(
+    samples: Iterable[dict[str, Any]],
+    collate: Callable[[list[Any]], dict[str, Any]],
+    encode: Callable[[dict[str, Any]], dict[str, torch.Tensor]],
+    batch_size: int,
+    seed: int,
+    encode_batch: int = 64,
+) -> Iterator[dict[str, Any]]:
+    """`encoded_batch_stream` for aspect-ratio buckets: samples carry "bucket" and bucket-sized "pixels" (a
+    `pair_bucket_decoder`); they are encoded once, a bucket at a time, and every batch comes from one bucket
+    (so it stacks), the buckets' batches shuffled together each epoch. A bucket's last partial batch of an epoch
+    is left for the next (its samples are reshuffled), so every batch has `batch_size` samples."""
+    pending: dict[Any, list] = {}
+    kept: dict[Any, dict[str, list]] = {}
+
+    def flush(bucket) -> None:
+        batch = collate(pending.pop(bucket))
+        with torch.no_grad():
+            encoded = encode(batch)
+        store = kept.setdefault(bucket, {})
+        for key, value in {**{k: v for k, v in batch.items() if isinstance(v, list)}, **encoded}.items():
+            store.setdefault(key, []).append(value)
+
+    for sample in samples:
+        pending.setdefault(sample["bucket"], []).append({k: v for k, v in sample.items() if k != "bucket"})
+        if len(pending[sample["bucket"]]) == encode_batch:
+            flush(sample["bucket"])
+    for bucket in list(pending):
+        flush(bucket)
+    if not kept:
+        raise RuntimeError("no training samples: the bucketed stream got none")
+    data = {}
+    for bucket, store in kept.items():
+        tensors = {k: torch.cat(v) for k, v in store.items() if isinstance(v[0], torch.Tensor)}
+        lists = {k: [x for part in v for x in part] for k, v in store.items() if isinstance(v[0], list)}
+        data[bucket] = (tensors, lists, len(next(iter(lists.values())) if lists else next(iter(tensors.values()))))
+    usable = {b: d for b, d in data.items() if d[2] >= batch_size}
+    if len(usable) < len(data):
+        print(f"[buckets] left out (fewer samples than one batch of {batch_size}): "
+              + ", ".join(f"{b} ({d[2]})" for b, d in data.items() if b not in usable))
+    print("[buckets] training on " + ", ".join(f"{b} ({d[2]})" for b, d in sorted(usable.items())))
+    if not usable:
+        counts = {str(b): d[2] for b, d in data.items()}
+        raise RuntimeError(f"no aspect bucket holds a full batch of {batch_size} samples ({counts}): lower "
+                           "train.batch_size or data.bucket_max_ratio, or turn data.aspect_buckets off")
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        batches = []
+        for bucket in sorted(usable):
+            tensors, lists, count = usable[bucket]
+            order = torch.randperm(count, generator=generator)
+            batches.extend((bucket, order[i : i + batch_size]) for i in range(0, count - batch_size + 1, batch_size))
+        for pick in torch.randperm(len(batches), generator=generator).tolist():
+            bucket, index = batches[pick]
+            tensors, lists, _ = usable[bucket]
             yield {**{k: v[index] for k, v in tensors.items()}, **{k: [v[i] for i in index.tolist()] for k, v in lists.items()}}

@@ -20,7 +20,8 @@ import mlflow.pyfunc
 import pandas as pd
 import torch
 
-from components.data.training_data import collate_pairs, image_grid, pair_decoder
+from components.data.buckets import make_buckets
+from components.data.training_data import ShardDataset, collate_pairs, image_grid, pair_bucket_decoder, pair_decoder
 from components.diffusion import drop_captions
 from components.metrics.faithfulness import text_faithfulness
 from components.models.autoencoder import (
@@ -32,7 +33,7 @@ from components.models.autoencoder import (
     scene_named_objects,
 )
 from components.models.paradiffusion import ParaDiffusion
-from training_jobs.data_loading import encoded_batch_stream, first_samples, shard_paths
+from training_jobs.data_loading import bucketed_batch_stream, encoded_batch_stream, first_samples, shard_paths
 from training_jobs.loop import evaluation_weights, seed_everything, unwrap
 from training_jobs.model_inputs import model_lineage_tags, resolve_model_path
 from training_jobs.worker import WorkerContext, report, run_steps, start_training
@@ -57,6 +58,13 @@ class StageData:
     """Progressive resolution (SDXL-style, Sec. 4.1): image side of the first `low_res_steps` steps (0: off)."""
     low_res_steps: int = 0
     """Steps trained at `low_res_size` before switching to the VAE's full size."""
+    aspect_buckets: bool = False
+    """Aspect-ratio bucketing (SDXL-style multi-aspect training, `components.data.buckets`): images keep their
+    aspect ratio in buckets of about the training side's area; off: every image resized to a square."""
+    bucket_step: int = 64
+    """Bucket sides are multiples of this (a multiple of the VAE factor times the UNet's downsampling)."""
+    bucket_max_ratio: float = 2.0
+    """The widest (and tallest) bucket's aspect ratio."""
     eval_dataset: str = "paraimage_big"
     """Held-out paragraphs (its val split) every stage is evaluated and sampled on (the same for all stages)."""
     grid_prompts: int = 8
@@ -73,9 +81,21 @@ def stage_datasets(data: StageData) -> list[str]:
     return list(dict.fromkeys([*data.datasets, data.eval_dataset]))
 
 
-def latent_batches(cfg, vae, size: int, ctx: WorkerContext, seed: int) -> Iterator[dict]:
-    """Shuffled batches of the train split's latents at image side `size` (encoded once), with captions."""
+def latent_batches(cfg, vae, size: int, ctx: WorkerContext, seed: int, unet_factor: int = 1) -> Iterator[dict]:
+    """Shuffled batches of the train split's latents at image side `size` (encoded once), with captions; with
+    data.aspect_buckets, at the buckets of about size x size area, one bucket per batch."""
     shards = shard_paths(Path(cfg.data.prepared_root), cfg.data.datasets, "train")
+    if cfg.data.aspect_buckets:
+        multiple = 2 ** (len(vae.config.block_out_channels) - 1) * unet_factor
+        step = cfg.data.bucket_step
+        if step % multiple or size % step:
+            raise ValueError(f"data.bucket_step={step} must be a multiple of {multiple} (the VAE's factor times the "
+                             f"UNet's downsampling) and divide the image side {size}")
+        buckets = make_buckets(size, step, cfg.data.bucket_max_ratio)
+        samples = ShardDataset(shards, pair_bucket_decoder(buckets), rank=ctx.rank, world_size=ctx.world_size)
+        return bucketed_batch_stream(
+            samples, collate_pairs, lambda batch: {"latents": encode_latents(vae, batch["pixels"].to(ctx.device))},
+            cfg.train.batch_size, seed=seed)
     return encoded_batch_stream(
         shards, pair_decoder(size), collate_pairs,
         lambda batch: {"latents": encode_latents(vae, batch["pixels"].to(ctx.device))},
@@ -83,14 +103,14 @@ def latent_batches(cfg, vae, size: int, ctx: WorkerContext, seed: int) -> Iterat
     )
 
 
-def progressive_batches(cfg, vae, ctx: WorkerContext, start: int) -> Iterator[dict]:
+def progressive_batches(cfg, vae, ctx: WorkerContext, start: int, unet_factor: int = 1) -> Iterator[dict]:
     """`low_res_steps` batches at `low_res_size` (from step `start`), then full-size batches forever."""
     full = vae.config.sample_size
     seed = cfg.train.seed + start
     low_left = max(0, cfg.data.low_res_steps - start)
     if low_left:
-        yield from itertools.islice(latent_batches(cfg, vae, cfg.data.low_res_size, ctx, seed), low_left)
-    yield from latent_batches(cfg, vae, full, ctx, seed)
+        yield from itertools.islice(latent_batches(cfg, vae, cfg.data.low_res_size, ctx, seed, unet_factor), low_left)
+    yield from latent_batches(cfg, vae, full, ctx, seed, unet_factor)
 
 
 def train_stage(ctx: WorkerContext, cfg, paradiffusion: ParaDiffusion, vae, tags: dict[str, str]) -> None:
@@ -114,7 +134,7 @@ def train_stage(ctx: WorkerContext, cfg, paradiffusion: ParaDiffusion, vae, tags
                      "unet/parameters": sum(p.numel() for p in paradiffusion.unet.parameters())}, run.start)
     noise = torch.Generator(ctx.device).manual_seed(cfg.train.seed + 1000 * ctx.rank + run.start)
     dropout = torch.Generator().manual_seed(cfg.train.seed + 2000 + 1000 * ctx.rank + run.start)
-    batches = progressive_batches(cfg, vae, ctx, run.start)
+    batches = progressive_batches(cfg, vae, ctx, run.start, 2 ** (len(paradiffusion.unet.config.block_out_channels) - 1))
     condition_dropout = paradiffusion.cfg.diffusion.condition_dropout
     eval_root = Path(cfg.data.prepared_root)
     count = max(cfg.data.grid_prompts, cfg.data.eval_prompts, 1)

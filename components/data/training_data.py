@@ -134,6 +134,22 @@ def pair_decoder(image_size: int) -> Callable[[dict[str, bytes]], dict[str, Any]
     return decode
 
 
+def pair_bucket_decoder(buckets) -> Callable[[dict[str, bytes]], dict[str, Any]]:
+    """`pair_decoder` for aspect-ratio bucketing (`components.data.buckets`): the image scaled to cover its
+    nearest bucket and centre-cropped, not squashed to a square; "bucket" names which one."""
+    from components.data.buckets import fit_to_bucket, nearest_bucket
+
+    def decode(sample: dict[str, bytes]) -> dict[str, Any]:
+        meta = json.loads(sample["json"])
+        with Image.open(io.BytesIO(sample_image_bytes(sample))) as image:
+            bucket = nearest_bucket(image.width, image.height, buckets)
+            pixels = fit_to_bucket(image, bucket)
+        return {"id": meta["id"], "pixels": pixels, "caption": meta["caption"],
+                "groundtruth": meta.get("groundtruth"), "bucket": bucket}
+
+    return decode
+
+
 def collate_pairs(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": [b["id"] for b in batch],

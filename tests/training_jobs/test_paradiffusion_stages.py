@@ -1,13 +1,15 @@
 """The three ParaDiffusion stages train for real (tiny, Ray Train local mode through the launcher),
 each starting from the previous stage's registered model, and the LoRA ablation nests its grid."""
 
+from pathlib import Path
+
 import mlflow
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from components.models.paradiffusion import LORA_FOLDER, ParaDiffusion
-from training_jobs.launcher import launch
+from training_jobs.launcher import TrainingFailed, launch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -127,3 +129,40 @@ def test_lora_ablation_nests_one_child_per_grid_point(stages, tmp_path):
     parent = [a.path for a in client.list_artifacts(summary.parent_run_id, "ablation")]
     assert {"ablation/lora_table.md", "ablation/lora_table.csv", "ablation/metric_vs_rank.png"} <= set(parent)
     assert client.get_run(summary.parent_run_id).data.tags["genops.best_config"] in by_name
+
+
+def test_stage1_trains_on_aspect_buckets_with_non_square_images(stages, tmp_path, capfd):
+    """data.aspect_buckets on a prepared dataset of wide, tall and square images: the stage trains on 40x24, 24x40
+    and 32x32 images (the tiny VAE's 32 px area; 16 px while at low resolution) instead of squashing them."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from components.data.shards import write_shard
+
+    root = tmp_path / "prepared"
+    (root / "wide" / "train").mkdir(parents=True)
+    (root / "paraimage_big").symlink_to(Path(stages["prepared"].split("=", 1)[1]) / "paraimage_big")
+    samples = []
+    for i, size in enumerate([(64, 36)] * 4 + [(36, 64)] * 4 + [(40, 40)] * 4):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, ((40 * i) % 255, 90, 160)).save(buffer, format="PNG")
+        meta = {"id": f"w{i}", "caption": "a red circle at the top left"}
+        samples.append({f"w{i}.json": json.dumps(meta).encode(), f"w{i}.png": buffer.getvalue()})
+    write_shard(root / "wide" / "train" / "shard-000000.tar", samples)
+    result = launch("paradiffusion_stage1", "tiny", [
+        f"data.prepared_root={root}", stages["storage"].replace("ray", "ray-buckets"), "data.datasets=[wide]",
+        "data.aspect_buckets=true", "data.bucket_step=8", f"data.vae={stages['vae'].model_dir}",
+        f"data.llm={stages['llm'].model_dir}", "tracking.registered_model=null"],
+        tracking_uri=stages["uri"], versions={})
+    assert torch.isfinite(torch.tensor(result.metrics["val/loss"]))
+    out = capfd.readouterr().out
+    assert "[buckets] training on 16x16 (12)" in out  # the low-resolution steps: one bucket at 16 px
+    assert "[buckets] training on 24x40 (4), 32x32 (4), 40x24 (4)" in out
+    with pytest.raises(TrainingFailed, match="data.bucket_step=12 must be a multiple of 8"):
+        launch("paradiffusion_stage1", "tiny", [
+            f"data.prepared_root={root}", stages["storage"].replace("ray", "ray-buckets2"), "data.datasets=[wide]",
+            "data.aspect_buckets=true", "data.bucket_step=12", f"data.vae={stages['vae'].model_dir}",
+            f"data.llm={stages['llm'].model_dir}", "tracking.registered_model=null"],
+            tracking_uri=stages["uri"], versions={})
