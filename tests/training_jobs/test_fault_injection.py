@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from training_jobs.launcher import launch
 
 STEPS = 24
+OUTAGE_STEPS = 240
 
 
 @pytest.fixture
@@ -36,10 +37,10 @@ def vae_overrides(tiny_data, tmp_path, *extra: str) -> list[str]:
             f"train.steps={STEPS}", "train.log_every=1", "data.eval_images=0", *extra]
 
 
-def assert_each_step_once(client: MlflowClient, run_id: str, keys=("train/loss", "train/lr")) -> None:
+def assert_each_step_once(client: MlflowClient, run_id: str, keys=("train/loss", "train/lr"), total: int = STEPS) -> None:
     for key in keys:
         steps = [m.step for m in client.get_metric_history(run_id, key)]
-        assert sorted(steps) == list(range(1, STEPS + 1)), f"{key}: steps {sorted(steps)}"
+        assert sorted(steps) == list(range(1, total + 1)), f"{key}: steps {sorted(steps)}"
 
 
 class Injector(threading.Thread):
@@ -194,16 +195,19 @@ def test_metrics_logged_while_the_tracking_server_is_down_reach_it_when_it_is_ba
     injector = Injector(outage)
     injector.start()
     with caplog.at_level(logging.WARNING, logger="training_jobs.tracking"):
-        result = launch("vae", "tiny", vae_overrides(tiny_data, tmp_path, "train.checkpoint_every=100"),
+        # OUTAGE_STEPS: enough steps that training is still running once the server is down. Stopping the server
+        # takes seconds (SIGTERM, its workers exit), and on an idle machine 24 tiny steps were done by then.
+        result = launch("vae", "tiny", vae_overrides(tiny_data, tmp_path, "train.checkpoint_every=1000",
+                                                     f"train.steps={OUTAGE_STEPS}"),
                         run_name="vae-outage", tracking_uri=mlflow_server.uri, versions={}, progress=lambda _: None)
     injector.join(timeout=120)
     assert injector.error is None, injector.error
 
-    assert seen_before and seen_before[0] < STEPS, "the outage began after training had ended"
+    assert seen_before and seen_before[0] < OUTAGE_STEPS, "the outage began after training had ended"
     assert any("unreachable" in r.getMessage() for r in caplog.records), "the job never saw the server down"
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     assert client.get_run(result.run_id).info.status == "FINISHED"
-    assert_each_step_once(client, result.run_id)
+    assert_each_step_once(client, result.run_id, total=OUTAGE_STEPS)
     during = [m.step for m in client.get_metric_history(result.run_id, "train/loss") if outage_ms[0] < m.timestamp < outage_ms[1]]
     assert during, "training stood still while the server was down"
 
