@@ -147,10 +147,9 @@ class OnnxBackend:
 
     def run(self, name: str, **inputs: torch.Tensor) -> torch.Tensor:
         """Graph `name` on torch inputs (bool stays bool, integers int64, floats float32) -> its first output."""
-        feed = {k: v.numpy() if v.dtype == torch.bool else v.numpy().astype(np.float32 if v.is_floating_point()
-                                                                            else np.int64)
-                for k, v in inputs.items()}
-        return torch.from_numpy(self._run(name, **feed))
+        from serving.export.onnx_graphs import onnx_feed
+
+        return torch.from_numpy(self._run(name, **onnx_feed(inputs)))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._run("text_encoder", input_ids=input_ids.numpy().astype(np.int64),

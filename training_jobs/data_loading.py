@@ -68,21 +68,38 @@ def encoded_batch_stream(
     kept: dict[str, list] = {}
     for batch in DataLoader(ShardDataset(shards, decode, rank=rank, world_size=world_size), batch_size=64,
                             collate_fn=collate):
-        with torch.no_grad():
-            encoded = encode(batch)
-        for key, value in {**{k: v for k, v in batch.items() if isinstance(v, list)}, **encoded}.items():
-            kept.setdefault(key, []).append(value)
+        _encode_into(kept, batch, encode)
     if not kept:
         raise RuntimeError(f"no training samples for rank {rank} in {len(shards)} shard(s)")
-    tensors = {k: torch.cat(v) for k, v in kept.items() if isinstance(v[0], torch.Tensor)}
-    lists = {k: [x for part in v for x in part] for k, v in kept.items() if isinstance(v[0], list)}
-    count = len(next(iter(lists.values())) if lists else next(iter(tensors.values())))
+    tensors, lists, count = _gathered(kept)
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(count, generator=generator)
         for start in range(0, count - batch_size + 1, batch_size):
-            index = order[start : start + batch_size]
-            yield {**{k: v[index] for k, v in tensors.items()}, **{k: [v[i] for i in index.tolist()] for k, v in lists.items()}}
+            yield _picked(tensors, lists, order[start : start + batch_size])
+
+
+def _encode_into(
+    store: dict[str, list], batch: dict[str, Any], encode: Callable[[dict[str, Any]], dict[str, torch.Tensor]]
+) -> None:
+    """Encode a collated batch and append its tensors, and its list fields (captions, ids), to `store`."""
+    with torch.no_grad():
+        encoded = encode(batch)
+    for key, value in {**{k: v for k, v in batch.items() if isinstance(v, list)}, **encoded}.items():
+        store.setdefault(key, []).append(value)
+
+
+def _gathered(store: dict[str, list]) -> tuple[dict[str, torch.Tensor], dict[str, list], int]:
+    """The stored parts joined: (tensors, lists, sample count)."""
+    tensors = {k: torch.cat(v) for k, v in store.items() if isinstance(v[0], torch.Tensor)}
+    lists = {k: [x for part in v for x in part] for k, v in store.items() if isinstance(v[0], list)}
+    return tensors, lists, len(next(iter(lists.values())) if lists else next(iter(tensors.values())))
+
+
+def _picked(tensors: dict[str, torch.Tensor], lists: dict[str, list], index: torch.Tensor) -> dict[str, Any]:
+    """One batch: the samples at `index` of every tensor and list field."""
+    positions = index.tolist()
+    return {**{k: v[index] for k, v in tensors.items()}, **{k: [v[i] for i in positions] for k, v in lists.items()}}
 
 
 def bucketed_batch_stream(
@@ -101,12 +118,7 @@ def bucketed_batch_stream(
     kept: dict[Any, dict[str, list]] = {}
 
     def flush(bucket) -> None:
-        batch = collate(pending.pop(bucket))
-        with torch.no_grad():
-            encoded = encode(batch)
-        store = kept.setdefault(bucket, {})
-        for key, value in {**{k: v for k, v in batch.items() if isinstance(v, list)}, **encoded}.items():
-            store.setdefault(key, []).append(value)
+        _encode_into(kept.setdefault(bucket, {}), collate(pending.pop(bucket)), encode)
 
     for sample in samples:
         pending.setdefault(sample["bucket"], []).append({k: v for k, v in sample.items() if k != "bucket"})
@@ -116,11 +128,7 @@ def bucketed_batch_stream(
         flush(bucket)
     if not kept:
         raise RuntimeError("no training samples: the bucketed stream got none")
-    data = {}
-    for bucket, store in kept.items():
-        tensors = {k: torch.cat(v) for k, v in store.items() if isinstance(v[0], torch.Tensor)}
-        lists = {k: [x for part in v for x in part] for k, v in store.items() if isinstance(v[0], list)}
-        data[bucket] = (tensors, lists, len(next(iter(lists.values())) if lists else next(iter(tensors.values()))))
+    data = {bucket: _gathered(store) for bucket, store in kept.items()}
     usable = {b: d for b, d in data.items() if d[2] >= batch_size}
     if len(usable) < len(data):
         print(f"[buckets] left out (fewer samples than one batch of {batch_size}): "
@@ -140,4 +148,4 @@ def bucketed_batch_stream(
         for pick in torch.randperm(len(batches), generator=generator).tolist():
             bucket, index = batches[pick]
             tensors, lists, _ = usable[bucket]
-            yield {**{k: v[index] for k, v in tensors.items()}, **{k: [v[i] for i in index.tolist()] for k, v in lists.items()}}
+            yield _picked(tensors, lists, index)

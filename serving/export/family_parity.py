@@ -9,10 +9,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from serving.export.onnx_graphs import OPSET, GraphSpec, cpu_session, export_graph, graph_parity
+from serving.export.onnx_graphs import OPSET, GraphSpec, cpu_session, export_graph, graph_parity, onnx_feed
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +61,7 @@ class OnnxGraphs:
         self.sessions = {name: cpu_session(onnx_dir / f"{name}.onnx") for name in names}
 
     def run(self, name: str, **inputs: torch.Tensor) -> torch.Tensor:
-        feed = {k: v.numpy() if v.dtype == torch.bool else v.numpy().astype(np.int64 if not v.is_floating_point()
-                                                                            else np.float32)
-                for k, v in inputs.items()}
-        return torch.from_numpy(self.sessions[name].run(None, feed)[0])
+        return torch.from_numpy(self.sessions[name].run(None, onnx_feed(inputs))[0])
 
 
 def end_to_end_record(onnx_images: torch.Tensor, torch_images: torch.Tensor, **facts: Any) -> dict[str, Any]:

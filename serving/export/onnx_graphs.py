@@ -94,6 +94,13 @@ def export_graph(spec: GraphSpec, out_dir: Path) -> list[Path]:
     return files
 
 
+def onnx_feed(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Torch inputs as an onnxruntime feed in the exported graphs' dtypes: bool stays bool, other integers
+    become int64, floats float32."""
+    return {k: v.numpy() if v.dtype == torch.bool else v.numpy().astype(np.float32 if v.is_floating_point() else np.int64)
+            for k, v in inputs.items()}
+
+
 def cpu_session(path: Path):
     import onnxruntime as ort
 
