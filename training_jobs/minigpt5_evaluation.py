@@ -1,8 +1,10 @@
-"""MiniGPT-5's data and measurements shared by its two recipes, the ablation asset and the CLI.
+"""MiniGPT-5's data and measurements shared by its two recipes (data only: the recipes train, they do not
+score), its evaluation assets, the ablation and the CLI.
 
 - Story samples from the prepared VIST / MMDialog shards, and stage 2's three task types per story.
 - Stage-1 image generation on held-out CC3M-format pairs (Table 5's metrics: CLIP-I, CLIP-T with the
-  evaluator CLIP; the ground-truth ceiling and the zero-voken floor beside them).
+  evaluator CLIP; the ground-truth ceiling and the zero-voken floor beside them); `score_pairs` scores a
+  trained model folder this way (the Table 5 ablation's arms).
 - Stage-2 measurements on the last step of held-out stories: CLIP-I of MiniGPT-5's image (Table 1),
   the two-stage baseline (the LLM writes the step's text, `sd_base` draws it), `sd_base` drawing the
   ground-truth text, narration BLEU/ROUGE-L/METEOR/S-BERT and MM-Relevance (Tables 2 and 4), and
@@ -114,6 +116,17 @@ def pair_image_metrics(model: MiniGPT5, pairs: list[dict], evaluator: ClipEmbedd
 
 
 @torch.no_grad()
+def score_pairs(model_dir: Path, evaluator: Path, prepared_root: Path, count: int, split: str = "test",
+                seed: int = 0) -> dict[str, float]:
+    """Table 5's columns for one trained stage-1 model folder: `pair_image_metrics` (with FID in the
+    evaluator's space) on the first `count` held-out CC3M-format pairs, the same pairs and noise for every
+    model scored. What the Table 5 ablation reports for each arm."""
+    model = MiniGPT5.from_pretrained(model_dir).eval()
+    pairs = held_out_pairs(prepared_root, model.vae.config.sample_size, count, split)
+    return pair_image_metrics(model, pairs, ClipEmbedder(evaluator), seed=seed,
+                              fid_extractor=ClipImageExtractor(evaluator))
+
+
 def pair_image_metrics_and_images(model: MiniGPT5, pairs: list[dict], evaluator: ClipEmbedder, seed: int = 0,
                                   batch_size: int = 16, fid_extractor: ClipImageExtractor | None = None,
                                   steps: int | None = None) -> tuple[dict[str, float], list]:
@@ -268,14 +281,16 @@ def score_stage1(model_dir: Path, rows: list[BenchmarkRow], inputs: dict[str, An
 
 @torch.no_grad()
 def score_stage2(model_dir: Path, rows: list[BenchmarkRow], inputs: dict[str, Any]) -> EvaluationOutcome:
-    """Tables 1/6 on the last step of held-out stories (CLIP-I of MiniGPT-5's image, the two-stage baseline,
-    the context study), narration metrics without S-BERT (no sentence encoder can be downloaded here)."""
+    """Tables 1/2/6 on the last step of held-out stories: CLIP-I of MiniGPT-5's image, the two-stage baseline,
+    the context study (no context / text / image / both), narration metrics (S-BERT from the offline
+    all-MiniLM-L6-v2 package; inputs["sbert"]=False leaves it out)."""
     model = MiniGPT5.from_pretrained(model_dir).eval()
     stories = _stories(rows, model.vae.config.sample_size)
     evaluator = ClipEmbedder(inputs["clip_evaluator"])
     seed, steps = int(inputs.get("seed", 0)), inputs.get("steps")
+    sbert = bool(inputs.get("sbert", True))
     found, story_table = story_metrics(model, stories, evaluator, int(inputs.get("max_context", 4)), seed=seed,
-                                       sbert=False, contexts=("none", "both"), steps=steps, keep_images=True)
+                                       sbert=sbert, contexts=CONTEXTS, steps=steps, keep_images=True)
     metrics = {k.removeprefix("eval/"): float(v) for k, v in found.items() if k != "eval/stories"}
     # The floor: each story's image drawn from the zero-voken conditioning with the same noise.
     real = pixels_to_images(torch.stack([s["steps"][-1]["pixels"] for s in stories]))
@@ -296,7 +311,7 @@ def score_stage2(model_dir: Path, rows: list[BenchmarkRow], inputs: dict[str, An
                        {"minigpt5_clip_i": metrics["sd_base_truth_text_clip_i"]}),
                    Row("Zero vokens (floor)", "floor", {"minigpt5_clip_i": floor_clip_i})],
         facts={"clip_model": evaluator.name, "seed": str(seed), "stories": str(len(stories)),
-               "steps": str(steps or "model default"), "narration_sbert": "off"},
+               "steps": str(steps or "model default"), "narration_sbert": "on" if sbert else "off"},
     )
 
 

@@ -70,6 +70,14 @@ def _model_uri(context, asset: str, folder_ok: bool = False) -> str:
     raise dg.Failure(f"asset {asset} registered no model version (its run set no registered_model)")
 
 
+def evaluator_model(context) -> str:
+    """The evaluator CLIP for the comparison assets outside this group (the ablations' tables, which train
+    their arms without it and then score them): the registry URI, or folder, of clip_evaluator's latest
+    materialization. It goes to the scorers only, never into a recipe's config (tests/training_jobs/
+    test_evaluator_isolation.py)."""
+    return _model_uri(context, "clip_evaluator", folder_ok=True)
+
+
 def evaluation_assets(spec: EvaluationSpec, policy_dir: Path | None = None) -> list:
     """The benchmark, evaluation, gate checks and promotion of one family (policy from `policy_dir`,
     default mlflow/policies/)."""

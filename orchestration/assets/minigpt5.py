@@ -2,8 +2,10 @@
 "ablations", its own job; not part of `genops demo`).
 
 Stage 1 starts from the base models the upstream assets registered (llm_base as the LLM, clip_base's
-image tower, sd_base with its vae/ as the frozen generator, clip_evaluator for the metrics); stage 2
-from stage 1's registered weights.
+image tower, sd_base with its vae/ as the frozen generator); stage 2 from stage 1's registered weights.
+The stages only train: their measurements are the evaluation group's `minigpt5_stage1_evaluation` and
+`minigpt5_stage2_evaluation`. The Table 5 ablation is a comparison: it trains its arms the same way and
+scores them with the evaluator CLIP (`evaluator_model`, the evaluation wiring's hand-out).
 """
 
 from pathlib import Path
@@ -11,17 +13,17 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration.assets.base_models import RecipeRunConfig, _launch, _result, _upstream_model
+from orchestration.assets.evaluation import evaluator_model
 from orchestration.resources import DvcResource, MlflowResource, RayResource, TrainingResource
 
 GROUP = "minigpt5"
-BASES = ["sd_base", "llm_base", "clip_base", "vae", "clip_evaluator"]
+BASES = ["sd_base", "llm_base", "clip_base", "vae"]
 
 
 def _base_overrides(context: dg.AssetExecutionContext) -> list[str]:
     return [f"data.llm={_upstream_model(context, 'llm_base')}",
             f"data.visual_encoder={_upstream_model(context, 'clip_base')}",
-            f"data.generator={_upstream_model(context, 'sd_base')}",
-            f"data.evaluator={_upstream_model(context, 'clip_evaluator')}"]
+            f"data.generator={_upstream_model(context, 'sd_base')}"]
 
 
 @dg.asset(group_name=GROUP, kinds={"ray", "mlflow"}, deps=[*BASES, "prepared_cc3m"],
@@ -31,13 +33,11 @@ def minigpt5_stage1(context: dg.AssetExecutionContext, config: RecipeRunConfig, 
     return _result(_launch(context, "minigpt5_stage1", _base_overrides(context), config, dvc, mlflow, ray, training))
 
 
-@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"}, deps=[minigpt5_stage1, "clip_evaluator", "prepared_vist",
-                                                           "prepared_mmdialog"],
+@dg.asset(group_name=GROUP, kinds={"ray", "mlflow"}, deps=[minigpt5_stage1, "prepared_vist", "prepared_mmdialog"],
           description="MiniGPT-5 stage 2: LoRA + voken rows + enc-dec on VIST/MMDialog stories, from stage 1's weights.")
 def minigpt5_stage2(context: dg.AssetExecutionContext, config: RecipeRunConfig, dvc: DvcResource,
                     mlflow: MlflowResource, ray: RayResource, training: TrainingResource) -> dg.MaterializeResult:
-    extra = [f"data.init={_upstream_model(context, 'minigpt5_stage1')}",
-             f"data.evaluator={_upstream_model(context, 'clip_evaluator')}"]
+    extra = [f"data.init={_upstream_model(context, 'minigpt5_stage1')}"]
     return _result(_launch(context, "minigpt5_stage2", extra, config, dvc, mlflow, ray, training))
 
 
@@ -50,9 +50,11 @@ class Table5Config(dg.Config):
     """Training seeds per arm (two where the budget allows: a direction that flips is not reproduced)."""
     overrides: list[str] = []
     """key=value overrides of every arm (the same budget for all, e.g. train.steps=200)."""
+    eval_pairs: int = 32
+    """Held-out CC3M-format test pairs every arm is scored on."""
 
 
-@dg.asset(group_name="ablations", kinds={"ray", "mlflow"}, deps=[*BASES, "prepared_cc3m"],
+@dg.asset(group_name="ablations", kinds={"ray", "mlflow"}, deps=[*BASES, "clip_evaluator", "prepared_cc3m"],
           description="Table 5: MiniGPT-5 stage 1 full / w/o CFG / w/o L_CAP / w/o L_LDM, nested MLflow runs + table.")
 def minigpt5_table5_ablation(context: dg.AssetExecutionContext, config: Table5Config, dvc: DvcResource,
                              mlflow: MlflowResource, training: TrainingResource) -> dg.MaterializeResult:
@@ -63,8 +65,9 @@ def minigpt5_table5_ablation(context: dg.AssetExecutionContext, config: Table5Co
                  *training.overrides_for("minigpt5_stage1"), *config.overrides]
     if training.storage_path:
         overrides.append(f"run.storage_path={training.storage_path}")
-    summary = run_table5_ablation(training.profile, overrides, mlflow.tracking_uri, arms=list(config.arms),
-                                  seeds=tuple(config.seeds), say=context.log.info)
+    summary = run_table5_ablation(training.profile, overrides, mlflow.tracking_uri, evaluator_model(context),
+                                  root / "data" / "prepared", arms=list(config.arms), seeds=tuple(config.seeds),
+                                  eval_pairs=config.eval_pairs, say=context.log.info)
     return dg.MaterializeResult(metadata={"mlflow_parent_run_id": summary.parent_run_id,
                                           "table": dg.MetadataValue.md(summary.table_markdown),
                                           "arms": len(summary.rows)})

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration.assets.base_models import RecipeRunConfig, _launch, _result, _upstream_model
+from orchestration.assets.evaluation import evaluator_model
 from orchestration.resources import DvcResource, MlflowResource, RayResource, TrainingResource
 from training_jobs.launcher import launch, recipe_module, resolve_config
 from training_jobs.lineage import dataset_versions
@@ -78,7 +79,7 @@ def vlad_ablation(context: dg.AssetExecutionContext, config: AblationConfig, dvc
                             versions=versions, parent_run_id=parent_id, progress=context.log.info)
             rows[label] = ("vlad", str(result.model_dir))
             children[label] = result.run_id
-        metrics = evaluate_rows(rows, prepared, _upstream_model(context, "clip_evaluator"), mlflow.tracking_uri,
+        metrics = evaluate_rows(rows, prepared, evaluator_model(context), mlflow.tracking_uri,
                                 config.eval_prompts, config.eval_steps, cfg.model.diffusion.guidance_scale,
                                 progress=context.log.info)
         for label, run_id in children.items():

@@ -39,20 +39,10 @@ ALLOWED = (
     "training_jobs/minigpt5_evaluation.py",
     "training_jobs/base_model_evaluation.py",  # the evaluator's own evaluation: its retrieval, by its own embeddings
 )
-# Known offenders, listed so that the test still fails on any new one and on a fixed one left here:
-# MiniGPT-5's stage recipes score CLIP-I/T at the end of training (their Dagster assets therefore hand
-# them the evaluator), and VLAD's Table II ablation asset scores its arms in the asset. Both are metrics,
-# not models built on the evaluator's weights, but they belong in evaluation assets (issue 14's
-# "evaluation moves out of the training recipes"); until they move, they are named here.
-KNOWN_OFFENDERS = {
-    "training_jobs/recipes/minigpt5_stage1.py",
-    "training_jobs/recipes/minigpt5_stage2.py",
-    "orchestration/assets/minigpt5.py",
-    "orchestration/assets/vlad.py",
-}
-# Assets outside the evaluation group that read the evaluator, for the same reason (see KNOWN_OFFENDERS).
-KNOWN_DEPENDENT_ASSETS = {"minigpt5_stage1": "minigpt5", "minigpt5_stage2": "minigpt5", "vlad_ablation": "ablations",
-                          "minigpt5_table5_ablation": "ablations"}
+# Outside the evaluation group, only comparison assets may depend on the evaluator asset: the ablations
+# train their arms without it (their recipes' configs never name it, checked below) and then score the
+# trained arms with the scorers above, the evaluator handed out by `evaluator_model` in the evaluation wiring.
+COMPARISON_GROUPS = {"evaluation", "ablations"}
 # How code would reach the evaluator: its registry name, or loading evaluator weights by class.
 REACHES_THE_EVALUATOR = re.compile(rf"{re.escape(REGISTRY_NAME)}|ClipEvaluator(Model)?\.from_pretrained|"
                                    r"_upstream_model\([^)]*['\"]clip_evaluator['\"]", re.IGNORECASE)
@@ -79,7 +69,7 @@ def test_only_the_metrics_and_the_evaluators_own_files_name_or_load_it():
     # the scan does see the evaluator where it must be: the recipe registering it, its pyfunc wrapper
     assert "training_jobs/recipes/clip_evaluator.py" in hits and "training_jobs/pyfunc_models.py" in hits
     offenders = {path: found for path, found in hits.items() if not path.startswith(ALLOWED)}
-    assert set(offenders) == KNOWN_OFFENDERS, f"only the metrics may resolve the evaluator CLIP; found in {offenders}"
+    assert offenders == {}, f"only the metrics may resolve the evaluator CLIP; found in {offenders}"
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -87,16 +77,17 @@ def test_no_recipe_config_points_at_the_evaluator(profile):
     for recipe in RECIPES:
         for key, value in flatten(resolve_config(recipe, profile)).items():
             if REGISTRY_NAME in str(value).lower():
-                assert (recipe, key) in {("clip_evaluator", "tracking.registered_model"),
-                                         ("minigpt5_stage1", "data.evaluator"),  # KNOWN_OFFENDERS
-                                         ("minigpt5_stage2", "data.evaluator")}, f"{recipe} {profile}: {key}={value}"
+                assert (recipe, key) == ("clip_evaluator", "tracking.registered_model"), f"{recipe} {profile}: {key}={value}"
 
 
 def test_no_training_asset_depends_on_the_evaluator():
     graph = defs.resolve_asset_graph()
     children = graph.get(dg.AssetKey("clip_evaluator")).child_keys
     groups = {key.to_user_string(): graph.get(key).group_name for key in children}
-    dependent = {name: group for name, group in groups.items() if group != "evaluation"}
-    assert {name: dependent[name] for name in dependent if name not in KNOWN_DEPENDENT_ASSETS} == {}
+    assert {name: group for name, group in groups.items() if group not in COMPARISON_GROUPS} == {}
+    # what does read it: the evaluation assets and the ablations' comparison tables, not the families' stages
+    assert "minigpt5_stage1_evaluation" in groups and "vlad_ablation" in groups
+    for stage in ("minigpt5_stage1", "minigpt5_stage2", "vlad", "paradiffusion_stage1"):
+        assert stage not in groups
     # the model families' backbone is clip_base, which does not come from the evaluator either
     assert dg.AssetKey("clip_evaluator") not in graph.get(dg.AssetKey("clip_base")).parent_keys

@@ -8,8 +8,10 @@ and output embeddings, the feature mapper (MLP, enc-dec, q) and, because no Mini
 exists here, the visual pooler and projection (an image -> caption term with the LLM frozen).
 Loss: 0.01 L_text + 1 L_LDM + 0.1 L_CAP (the paper's lambdas) + imgcap x the captioning term. The
 frozen image tower's states, the VAE latents and the generator's caption features are computed once
-(every encoder here is frozen). At the end: CLIP-I / CLIP-T of images drawn for held-out pairs with
-the evaluator CLIP, beside the real images' CLIP-T (ceiling) and the zero-voken floor.
+(every encoder here is frozen). The recipe only trains and registers: CLIP-I / CLIP-T of images drawn for
+held-out pairs with the evaluator CLIP (Table 5's columns, beside the ground-truth ceiling and the
+zero-voken floor) are the registered version's evaluation (`training_jobs.minigpt5_evaluation.STAGE1`,
+the `minigpt5_stage1_evaluation` asset), and the Table 5 ablation scores its arms the same way.
 """
 
 from __future__ import annotations
@@ -21,14 +23,11 @@ import torch
 
 from components.config import from_dict
 from components.data.training_data import collate_pairs, pair_decoder
-from components.metrics.clip_score import ClipEmbedder
-from components.metrics.fid import ClipImageExtractor
 from components.models.autoencoder import encode_latents
 from components.models.minigpt5 import IMAGE_SLOT, MiniGPT5, MiniGPT5Config, voken_string
 from training_jobs.data_loading import encoded_batch_stream, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
 from training_jobs.loop import TrainConfig, seed_everything, unwrap
-from training_jobs.minigpt5_evaluation import held_out_pairs, pair_image_metrics
 from training_jobs.model_inputs import resolve_model_path
 from training_jobs.tracking import TrackingConfig
 from training_jobs.worker import report, run_steps, start_training, worker_context
@@ -48,12 +47,6 @@ class DataSection:
     """The frozen visual encoder: a clip_base folder or registry URI."""
     generator: str = "models:/genops-sd-base@champion"
     """The frozen text-to-image model (with its vae/): an sd_base folder or registry URI."""
-    evaluator: str | None = "models:/genops-clip-evaluator@champion"
-    """The evaluator CLIP for CLIP-I / CLIP-T at the end (null: no evaluation)."""
-    eval_split: str = "test"
-    """Split of the held-out pairs."""
-    eval_pairs: int = 32
-    """Held-out pairs drawn and scored at the end."""
     caption_instruction: str = "describe this image."
     """Instruction after the image in the captioning term that trains the visual pooler."""
 
@@ -109,16 +102,6 @@ def log_parameter_groups(ctx, groups: dict[str, int]) -> None:
                     | {"params/trainable_total": sum(groups.values())}, 0)
 
 
-def evaluate_pairs(module: MiniGPT5, cfg, uri: str | None, device) -> dict[str, float]:
-    if not cfg.data.evaluator:
-        return {}
-    path = resolve_model_path(cfg.data.evaluator, uri)
-    evaluator = ClipEmbedder(path, device=device)
-    pairs = held_out_pairs(Path(cfg.data.prepared_root), module.vae.config.sample_size, cfg.data.eval_pairs,
-                           cfg.data.eval_split)
-    return pair_image_metrics(module, pairs, evaluator, seed=0, fid_extractor=ClipImageExtractor(path, device=device))
-
-
 def train(config: dict) -> None:
     cfg = from_dict(Config, config)
     check_train_config(cfg.train)
@@ -164,10 +147,6 @@ def train(config: dict) -> None:
     # train
     run_steps(ctx, run, batches, compute_losses, cfg.train)
 
-    # save: held-out image metrics, the export
+    # save: the export (its evaluation is the registered version's evaluation asset)
     final_metrics: dict[str, float] = {"step": cfg.train.steps}
-    if ctx.is_main:
-        module = unwrap(net).eval()
-        final_metrics.update(evaluate_pairs(module, cfg, uri, ctx.device))
-        ctx.log.metrics(final_metrics, cfg.train.steps)
     report(ctx, final_metrics, save_final)

