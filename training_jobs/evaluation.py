@@ -268,3 +268,71 @@ def run_evaluation(
     say(f"[{spec.family}] {name} v{version}: " + ", ".join(f"{k} {v:.4g}" for k, v in outcome.metrics.items())
         + f" ({seconds:.0f}s)")
     return EvaluationRecord(name, version, run_id, outcome.metrics, markdown, table_rows, md5, seconds)
+
+
+EVALUATOR = "models:/genops-clip-evaluator@champion"
+"""The evaluator CLIP the scorers read unless told otherwise."""
+
+
+def evaluation_specs() -> dict[str, EvaluationSpec]:
+    """Every family's evaluation spec, by family (importing the modules registers them)."""
+    from training_jobs import (  # noqa: F401
+        base_model_evaluation,
+        minigpt5_evaluation,
+        paradiffusion_evaluation,
+        sd_base_evaluation,
+        vlad_evaluation,
+    )
+
+    return EVALUATIONS
+
+
+def evaluate_version(model_uri: str, tracking_uri: str, project: Path, profile: str, evaluator: str | None = None,
+                     steps: int | None = None, seed: int = 0, reference_images: int = 100,
+                     say: Callable[[str], None] = log.info) -> EvaluationRecord:
+    """What the model's evaluation asset does, without Dagster: score a registered version
+    (`models:/<name>/<version|latest>` or `@<alias>`) on its family's benchmark and log it to the version's
+    run, so that `genops registry promote` can judge a version trained from the command line.
+
+    The benchmark is the versioned file the benchmark asset wrote (`data/benchmarks/<family>.jsonl`), built
+    from the held-out split first if there is none; the evaluator CLIP defaults to its champion.
+    """
+    name = model_uri.removeprefix("models:/").split("@")[0].split("/")[0]
+    specs = {spec.registered_model: spec for spec in evaluation_specs().values()}
+    if name not in specs:
+        raise ValueError(f"no evaluation is defined for {name!r}; evaluated models: {', '.join(sorted(specs))}")
+    spec = specs[name]
+    prepared = project / "data" / "prepared"
+    benchmark = project / "data" / "benchmarks" / f"{spec.family}.jsonl"
+    if benchmark.is_file():
+        say(f"[{spec.family}] benchmark {benchmark} (the benchmark asset's, md5 {file_md5(benchmark)})")
+    else:
+        _, md5, count = build_benchmark(spec, prepared, benchmark, profile)
+        say(f"[{spec.family}] built benchmark {benchmark}: {count} items of "
+            f"{spec.benchmark_dataset}/{spec.benchmark_split}, md5 {md5}")
+    from training_jobs.lineage import dataset_versions
+    from training_jobs.model_inputs import resolve_model_path
+
+    source = dataset_versions(project, [spec.benchmark_dataset])[spec.benchmark_dataset]
+    clip_dir = resolve_model_path(evaluator or EVALUATOR, tracking_uri) if spec.uses_clip_evaluator else None
+    return run_evaluation(spec, model_uri, tracking_uri, benchmark, benchmark_facts(spec, source),
+                          scorer_inputs(spec, prepared, profile, clip_dir, seed, steps, None, reference_images), say=say)
+
+
+def benchmark_facts(spec: EvaluationSpec, source_version: str) -> dict[str, str]:
+    """The benchmark's lineage tags on an evaluation run: its source dataset's DVC md5 and split."""
+    return {"benchmark_source_version": str(source_version),
+            "benchmark_split": f"{spec.benchmark_dataset}/{spec.benchmark_split}"}
+
+
+def scorer_inputs(spec: EvaluationSpec, prepared: Path, profile: str, clip_dir: Path | None, seed: int = 0,
+                  steps: int | None = None, guidance_scale: float | None = None,
+                  reference_images: int = 100) -> dict[str, Any]:
+    """A scorer's inputs: the evaluator CLIP folder, the FID reference images (`reference_images` of the
+    spec's reference split), the seed, the sampler steps (None: the spec's for `profile`), the guidance
+    scale (None: the model's) and the prepared-data root."""
+    reference = ([r.image for r in split_samples(prepared, spec.benchmark_dataset, spec.reference_split,
+                                                 reference_images)] if spec.reference_split else [])
+    return {"clip_evaluator": clip_dir, "reference_images": reference, "seed": seed,
+            "steps": steps if steps is not None else spec.sampler_steps.get(profile),
+            "guidance_scale": guidance_scale, "prepared_root": prepared}

@@ -29,9 +29,10 @@ from training_jobs import (  # noqa: F401  (each module registers its families' 
 from training_jobs.evaluation import (
     EVALUATIONS,
     EvaluationSpec,
+    benchmark_facts,
     build_benchmark,
     run_evaluation,
-    split_samples,
+    scorer_inputs,
 )
 from training_jobs.lineage import dataset_versions
 from training_jobs.registry import load_policy, policy_path, promote
@@ -114,16 +115,11 @@ def evaluation_assets(spec: EvaluationSpec, policy_dir: Path | None = None) -> l
         bench = _latest_metadata(context, benchmark_key)
         clip_dir = (resolve_model_path(_model_uri(context, "clip_evaluator", folder_ok=True), mlflow.tracking_uri)
                     if spec.uses_clip_evaluator else None)
-        reference = ([r.image for r in split_samples(root / "data" / "prepared", spec.benchmark_dataset,
-                                                     spec.reference_split, config.reference_images)]
-                     if spec.reference_split else [])
-        steps = config.steps if config.steps is not None else spec.sampler_steps.get(training.profile)
         record = run_evaluation(
             spec, _model_uri(context, spec.training_asset), mlflow.tracking_uri, Path(bench["path"]),
-            {"benchmark_source_version": str(bench["source_dataset_version"]),
-             "benchmark_split": f"{spec.benchmark_dataset}/{spec.benchmark_split}"},
-            {"clip_evaluator": clip_dir, "reference_images": reference, "seed": config.seed, "steps": steps,
-             "guidance_scale": config.guidance_scale, "prepared_root": root / "data" / "prepared"},
+            benchmark_facts(spec, bench["source_dataset_version"]),
+            scorer_inputs(spec, root / "data" / "prepared", training.profile, clip_dir, config.seed, config.steps,
+                          config.guidance_scale, config.reference_images),
             say=context.log.info,
         )
         return dg.MaterializeResult(

@@ -1,4 +1,4 @@
-"""`genops registry status | promote | rollback | history`: the evaluation-gated MLflow model registry."""
+"""`genops registry status | evaluate | promote | rollback | history`: the evaluation-gated MLflow model registry."""
 
 from __future__ import annotations
 
@@ -31,6 +31,33 @@ def status(models: list[str] | None = typer.Argument(None, help="Registered mode
         typer.echo(render_status(registry_status(_uri(), models or None)), nl=False)
     except MlflowException as exc:
         _fail(exc)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="Registered model name, e.g. genops-sd-base."),
+    version: str = typer.Argument("latest", help="Version number, 'latest', or @<alias>."),
+    profile: str = typer.Option("demo", help="Profile of the benchmark size and sampler steps."),
+    evaluator: str | None = typer.Option(None, help="Evaluator CLIP (folder or registry URI; default: its champion)."),
+    steps: int | None = typer.Option(None, help="Sampler steps (default: the evaluation spec's for the profile)."),
+    and_promote: bool = typer.Option(False, "--promote", help="Then apply the promotion policy to the version."),
+) -> None:
+    """Score a version on its family's benchmark, as its Dagster evaluation asset does, and log it to its run."""
+    from mlflow.exceptions import MlflowException
+
+    from training_jobs.evaluation import evaluate_version
+    from training_jobs.launcher import project_root
+
+    reference = f"models:/{model}{version}" if version.startswith("@") else f"models:/{model}/{version}"
+    try:
+        record = evaluate_version(reference, _uri(), project_root(), profile, evaluator, steps, say=typer.echo)
+    except (MlflowException, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(record.table_markdown)
+    typer.echo(f"{record.model} v{record.version}: evaluated in {record.seconds:.0f} s, logged to run {record.run_id} "
+               f"(benchmark md5 {record.benchmark_md5})")
+    if and_promote:
+        promote(record.model, record.version, None)
 
 
 @app.command()

@@ -12,10 +12,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def trained_vae(tiny_data, tmp_path_factory):
+def vae_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("vae")
+    return root, f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tiny_data, vae_store):
+    root, uri = vae_store
     return launch("vae", "tiny", [f"data.prepared_root={tiny_data / 'data' / 'prepared'}", f"run.storage_path={root / 'ray'}"],
-                  tracking_uri=f"sqlite:///{root / 'mlflow.db'}", versions={})
+                  tracking_uri=uri, versions={})
 
 
 def test_vae_exports_a_measured_scaling_factor(trained_vae):
@@ -24,6 +30,34 @@ def test_vae_exports_a_measured_scaling_factor(trained_vae):
     # float32 round trip on the way (2^-24 = 6e-8), not a factor measured on other data (percents apart).
     assert vae.config.scaling_factor == pytest.approx(trained_vae.metrics["scaling_factor"])
     assert vae.config.scaling_factor != 1.0
+
+
+def test_registry_evaluate_scores_a_command_line_version_and_applies_its_policy(tiny_data, trained_vae, vae_store,
+                                                                               tmp_path, monkeypatch):
+    """`genops registry evaluate` does the evaluation asset's work without Dagster, so a version trained with
+    `genops train` can be judged by `genops registry promote` (--promote does both)."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+    from training_jobs.evaluation import file_md5
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "prepared").symlink_to(tiny_data / "data" / "prepared")
+    monkeypatch.setenv("GENOPS_ROOT", str(project))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", vae_store[1])
+    out = CliRunner().invoke(app, ["registry", "evaluate", "genops-vae", trained_vae.registered_version,
+                                   "--profile", "tiny", "--promote"])
+    assert out.exit_code == 0, out.output
+    benchmark = project / "data" / "benchmarks" / "vae.jsonl"
+    assert len(benchmark.read_text().splitlines()) == 4  # the tiny profile's benchmark size
+    version = MlflowClient(vae_store[1]).get_model_version("genops-vae", trained_vae.registered_version)
+    assert version.tags["eval.benchmark_md5"] == file_md5(benchmark) and "eval.roundtrip_psnr" in version.tags
+    assert "Round-trip" in out.output and f"genops-vae v{trained_vae.registered_version}: " in out.output
+    assert "champion now" in out.output  # --promote applied genops-vae.yaml (promoted or refused, with the reason)
+    unknown = CliRunner().invoke(app, ["registry", "evaluate", "genops-nope", "--profile", "tiny"])
+    assert unknown.exit_code == 1 and "genops-vae" in unknown.output  # names the models that have an evaluation
 
 
 def test_sd_base_trains_in_the_vae_latent_space_and_samples(tiny_data, trained_vae, tmp_path):
