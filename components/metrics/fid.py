@@ -16,10 +16,9 @@ can be cached as `.npz` per (dataset version, extractor).
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from components.fileio import atomic_write_bytes
 from components.metrics.inception import FID_INPUT_SIZE, FIDInceptionV3
 from components.metrics.loading import ImageLike, load_clip_model, load_rgb
 
@@ -158,24 +158,10 @@ class FeatureStatistics:
 
     def save(self, path: str | Path, dataset_version: str = "") -> Path:
         """Write mu, sigma, count, extractor and dataset version to an .npz, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    mu=self.mean,
-                    sigma=self.covariance,
-                    count=np.int64(self.count),
-                    extractor=np.str_(self.extractor),
-                    dataset_version=np.str_(dataset_version),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=self.mean, sigma=self.covariance, count=np.int64(self.count),
+                 extractor=np.str_(self.extractor), dataset_version=np.str_(dataset_version))
+        return atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStatistics:
