@@ -100,13 +100,6 @@ def held_out_pairs(prepared_root: Path, image_size: int, count: int, split: str 
     return first_samples(shard_paths(prepared_root, ["cc3m"], split), pair_decoder(image_size), count)
 
 
-def held_out_stories(prepared_root: Path, datasets: list[str], image_size: int, count: int, split: str = "test"
-                     ) -> list[dict]:
-    stories = first_samples(shard_paths(prepared_root, datasets, split), story_decoder(image_size), 10 * count)
-    keep = [s for s in stories if len(s["steps"]) >= 2 and s["steps"][-1]["pixels"] is not None]
-    return keep[:count]
-
-
 @torch.no_grad()
 def pair_image_metrics(model: MiniGPT5, pairs: list[dict], evaluator: ClipEmbedder, seed: int = 0,
                        batch_size: int = 16, fid_extractor: ClipImageExtractor | None = None) -> dict[str, float]:

@@ -72,9 +72,9 @@ def _model_uri(context, asset: str, folder_ok: bool = False) -> str:
 
 
 def evaluator_model(context) -> str:
-    """The evaluator CLIP for the comparison assets outside this group (the ablations' tables, which train
-    their arms without it and then score them): the registry URI, or folder, of clip_evaluator's latest
-    materialization. It goes to the scorers only, never into a recipe's config (tests/training_jobs/
+    """The evaluator CLIP for this group's evaluations and for the comparison assets outside it (the
+    ablations' tables, which train their arms without it and then score them): the registry URI, or
+    folder, of clip_evaluator's latest materialization. It goes to the scorers only, never into a recipe's config (tests/training_jobs/
     test_evaluator_isolation.py)."""
     return _model_uri(context, "clip_evaluator", folder_ok=True)
 
@@ -113,8 +113,7 @@ def evaluation_assets(spec: EvaluationSpec, policy_dir: Path | None = None) -> l
 
         root = Path(dvc.repo_root)
         bench = _latest_metadata(context, benchmark_key)
-        clip_dir = (resolve_model_path(_model_uri(context, "clip_evaluator", folder_ok=True), mlflow.tracking_uri)
-                    if spec.uses_clip_evaluator else None)
+        clip_dir = resolve_model_path(evaluator_model(context), mlflow.tracking_uri) if spec.uses_clip_evaluator else None
         record = run_evaluation(
             spec, _model_uri(context, spec.training_asset), mlflow.tracking_uri, Path(bench["path"]),
             benchmark_facts(spec, bench["source_dataset_version"]),
